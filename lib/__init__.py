@@ -1,0 +1,1 @@
+"""EfficientNetV2, reproduced notebook-first: data, models, augmentation, progressive training."""

@@ -1,0 +1,441 @@
+"""Datasets as uint8 tensors, found offline first, split deterministically, batched on the device.
+
+Why tensors and not a torchvision ``Dataset``: Fashion-MNIST is 47 MB and CIFAR-10 150 MB as
+uint8, so a whole split fits in (GPU) memory and shuffling/batching become one index op per
+batch instead of thousands of Python calls per epoch (see ``benchmarks/data_loader.py``).
+
+Where data is looked for, in order:
+1. ``<root>/`` in torchvision's on-disk layout (``data/`` by default);
+2. a system copy (Debian's ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``);
+3. torchvision's download (needs internet, and ``download=True``).
+Nothing found is ever deleted: a corrupt file is reported by name and left in place.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KNOWN_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+CIFAR_LAYOUT = {  # folder, train files, test files, meta file, label key, class-names key
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", b"labels", b"label_names"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names"),
+}
+
+
+class DatasetError(RuntimeError):
+    """Base class: a data problem the user can fix; its message says how."""
+
+
+class UnknownDatasetError(DatasetError, ValueError):
+    pass
+
+
+class DataNotFoundError(DatasetError, FileNotFoundError):
+    pass
+
+
+class CorruptDataError(DatasetError):
+    pass
+
+
+@dataclass
+class Split:
+    """Images as uint8 N x C x H x W and labels as int64 N, on one device."""
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    """A dataset's three splits plus what a trainer needs to know about it."""
+    name: str
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    mean: tuple[float, ...]   # per channel, 0-1 units, from the training split only
+    std: tuple[float, ...]
+    source: str               # where the files were found
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
+    def to(self, device) -> "Dataset":
+        return Dataset(self.name, self.classes, self.train.to(device), self.val.to(device),
+                       self.test.to(device), self.mean, self.std, self.source, self.extra)
+
+
+def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: float = 0.1,
+                 seed: int = 0, device: str | torch.device = "cpu", download: bool = True,
+                 image_size: int = 64, limit: int | None = None) -> Dataset:
+    """Load ``name`` (one of ``KNOWN_DATASETS``, or a path to an image folder) as uint8 tensors.
+
+    The training files are split into train/validation, stratified by class, from ``seed``;
+    the test split is kept apart for the final evaluation. ``limit`` keeps the first ``limit``
+    images per split after splitting (stratified), for smoke runs. ``image_size`` only applies
+    to image folders (their images differ in size).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    root = Path(root)
+    key = name.lower().replace("-", "_")
+    if key in ("fashionmnist", "fmnist"):
+        key = "fashion_mnist"
+    if key == "fashion_mnist":
+        train_full, test, classes, source = _load_fashion_mnist(root, download)
+    elif key in CIFAR_LAYOUT:
+        train_full, test, classes, source = _load_cifar(key, root, download)
+    elif Path(name).is_dir() or (root / name).is_dir():
+        folder = Path(name) if Path(name).is_dir() else root / name
+        train_full, test, classes, source = _load_image_folder(folder, image_size, seed)
+        key = folder.name
+    else:
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}: known ones are {', '.join(KNOWN_DATASETS)}, "
+            f"or the path of an image folder (one sub-folder per class)")
+    train, val = stratified_split(train_full, val_fraction, seed)
+    if limit is not None:
+        train, val, test = (_stratified_head(s, limit) for s in (train, val, test))
+    mean, std = channel_stats(train.images)
+    ds = Dataset(key, tuple(classes), train, val, test, mean, std, source)
+    return ds.to(device)
+
+
+# ---------------------------------------------------------------- splitting and statistics
+
+def stratified_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Deterministic per-class split: the same seed gives the same validation images anywhere."""
+    if val_fraction == 0:
+        return split, Split(split.images[:0], split.labels[:0])
+    g = torch.Generator().manual_seed(seed)
+    val_idx = []
+    for c in torch.unique(split.labels).tolist():
+        idx = torch.nonzero(split.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        val_idx.append(idx[: max(1, round(len(idx) * val_fraction))])
+    val_mask = torch.zeros(len(split), dtype=torch.bool)
+    val_mask[torch.cat(val_idx)] = True
+    return (Split(split.images[~val_mask], split.labels[~val_mask]),
+            Split(split.images[val_mask], split.labels[val_mask]))
+
+
+def _stratified_head(split: Split, limit: int) -> Split:
+    """The first ``limit`` images, interleaved by class so every class is represented."""
+    if len(split) <= limit:
+        return split
+    labels = split.labels
+    rank = torch.zeros_like(labels)
+    for c in torch.unique(labels).tolist():
+        m = labels == c
+        rank[m] = torch.arange(int(m.sum()))
+    order = torch.argsort(rank * (int(labels.max()) + 1) + labels)[:limit]
+    order = order.sort().values
+    return Split(split.images[order], split.labels[order])
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in 0-1 units, computed in float64 chunks (exact, low memory)."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for chunk in images.split(8192):
+        x = chunk.to(torch.float64) / 255.0
+        total += x.sum(dim=(0, 2, 3)).cpu()
+        total_sq += (x * x).sum(dim=(0, 2, 3)).cpu()
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (idx files)
+
+def _load_fashion_mnist(root: Path, download: bool):
+    raw = root / "FashionMNIST" / "raw"
+    searched = [str(raw)]
+    found = _find_idx_files(raw)
+    source = str(raw)
+    if found is None and _find_idx_files(SYSTEM_FASHION_MNIST) is not None:
+        searched.append(str(SYSTEM_FASHION_MNIST))
+        found = _install_system_copy(raw) or _find_idx_files(SYSTEM_FASHION_MNIST)
+        source = str(SYSTEM_FASHION_MNIST)
+    elif found is None:
+        searched.append(str(SYSTEM_FASHION_MNIST))
+    if found is None:
+        _download("fashion_mnist", root, download, searched)
+        found = _find_idx_files(raw)
+        source = f"{raw} (downloaded)"
+    splits = {}
+    for split, (img_name, lbl_name) in FASHION_MNIST_FILES.items():
+        images = read_idx(found[img_name])
+        labels = read_idx(found[lbl_name])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise CorruptDataError(f"{found[img_name]} and {found[lbl_name]} do not match "
+                                   f"(images {tuple(images.shape)}, labels {tuple(labels.shape)})")
+        splits[split] = Split(images.unsqueeze(1), labels.long())
+    return splits["train"], splits["test"], FASHION_MNIST_CLASSES, source
+
+
+FASHION_MNIST_HINT = ("Fashion-MNIST is not on this machine: apt-get install dataset-fashion-mnist "
+                      "(or put the idx files in data/FashionMNIST/raw)")
+
+
+def fashion_mnist_available(root: str | os.PathLike = "data") -> bool:
+    """True when Fashion-MNIST can be loaded without a download (tests skip otherwise)."""
+    return any(_find_idx_files(p) for p in (Path(root) / "FashionMNIST" / "raw", SYSTEM_FASHION_MNIST))
+
+
+def _find_idx_files(folder: Path) -> dict[str, Path] | None:
+    """All four files, plain or ``.gz``, or None if any is missing."""
+    found = {}
+    for names in FASHION_MNIST_FILES.values():
+        for n in names:
+            for candidate in (folder / n, folder / f"{n}.gz"):
+                if candidate.is_file():
+                    found[n] = candidate
+                    break
+            else:
+                return None
+    return found
+
+
+def _install_system_copy(raw: Path) -> dict[str, Path] | None:
+    """Decompress the system copy into ``raw`` (so torchvision can read it too); None if read-only.
+
+    Debian recompressed the files, so torchvision's md5 check rejects the ``.gz`` as they are;
+    decompressed, torchvision loads them without any download.
+    """
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        for names in FASHION_MNIST_FILES.values():
+            for n in names:
+                tmp = raw / f".{n}.partial"
+                with gzip.open(SYSTEM_FASHION_MNIST / f"{n}.gz", "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(tmp, raw / n)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return _find_idx_files(raw)
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """Read an idx file (LeCun's MNIST format), plain or gzipped; errors name the file."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise CorruptDataError(f"{path}: cannot be read ({e}); delete it and load again, "
+                               f"or reinstall its source") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise CorruptDataError(f"{path}: not an idx file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise CorruptDataError(f"{path}: truncated header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise CorruptDataError(f"{path}: truncated or padded: {len(data)} bytes, "
+                               f"expected {expected} for shape {shape}")
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
+
+
+# ---------------------------------------------------------------- CIFAR (python pickles)
+
+def _load_cifar(key: str, root: Path, download: bool):
+    folder_name, train_files, test_files, meta_file, label_key, names_key = CIFAR_LAYOUT[key]
+    folder = root / folder_name
+    source = str(folder)
+    if not all((folder / f).is_file() for f in [*train_files, *test_files, meta_file]):
+        _download(key, root, download, [str(folder)])
+        source = f"{folder} (downloaded)"
+    train = _read_cifar_batches([folder / f for f in train_files], label_key)
+    test = _read_cifar_batches([folder / f for f in test_files], label_key)
+    meta = _unpickle(folder / meta_file)
+    if names_key not in meta:
+        raise CorruptDataError(f"{folder / meta_file}: no {names_key.decode()} entry")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
+    return train, test, classes, source
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise CorruptDataError(f"{path}: cannot be unpickled ({type(e).__name__}: {e}); "
+                               f"delete it and load again") from None
+    if not isinstance(obj, dict):
+        raise CorruptDataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def _read_cifar_batches(paths: list[Path], label_key: bytes) -> Split:
+    images, labels = [], []
+    for path in paths:
+        batch = _unpickle(path)
+        if b"data" not in batch or label_key not in batch:
+            raise CorruptDataError(f"{path}: missing 'data' or {label_key.decode()!r}")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch[label_key]):
+            raise CorruptDataError(f"{path}: data of shape {data.shape} does not hold "
+                                   f"{len(batch[label_key])} 32x32 RGB images")
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.as_tensor(batch[label_key], dtype=torch.long))
+    return Split(torch.cat(images), torch.cat(labels))
+
+
+# ---------------------------------------------------------------- downloads
+
+def _download(key: str, root: Path, download: bool, searched: list[str]) -> None:
+    """torchvision's download into ``root``; any failure becomes one message naming every place."""
+    hint = {"fashion_mnist": "install Debian's package (apt-get install dataset-fashion-mnist), or "
+                             "allow the download with internet access",
+            }.get(key, "allow the download with internet access, or copy torchvision's "
+                       f"{CIFAR_LAYOUT.get(key, ('',))[0]} folder into {root}")
+    if not download:
+        raise DataNotFoundError(f"{key} not found; searched: {'; '.join(searched)}. "
+                                f"Download is disabled: {hint}.")
+    import torchvision  # lazily: only downloads need it
+    cls = {"fashion_mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10,
+           "cifar100": torchvision.datasets.CIFAR100}[key]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception as e:  # network errors come in many types (URLError, socket, HTTP, md5)
+        raise DataNotFoundError(
+            f"{key} not found; searched: {'; '.join(searched)}; the download into {root} failed "
+            f"({type(e).__name__}: {e}). To get the data: {hint}.") from None
+
+
+# ---------------------------------------------------------------- image folders
+
+def _load_image_folder(folder: Path, image_size: int, seed: int):
+    """``folder/<class>/*.png`` (split into train/test by ``seed``) or ``folder/{train,test}/<class>/``."""
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        classes = _folder_classes(folder / "train")
+        train = _read_image_files(folder / "train", classes, image_size)
+        test = _read_image_files(folder / "test", classes, image_size)
+    else:
+        classes = _folder_classes(folder)
+        train, test = stratified_split(_read_image_files(folder, classes, image_size), 0.2, seed + 1)
+    return train, test, classes, str(folder)
+
+
+def _folder_classes(folder: Path) -> list[str]:
+    classes = sorted(d.name for d in folder.iterdir()
+                     if d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()))
+    if not classes:
+        raise DataNotFoundError(f"{folder}: no images found; expected one sub-folder per class "
+                                f"holding {'/'.join(sorted(IMAGE_SUFFIXES))} files")
+    if len(classes) < 2:
+        raise DatasetError(f"{folder}: only one class ({classes[0]!r}) has images; "
+                           f"classification needs at least two")
+    return classes
+
+
+def _read_image_files(folder: Path, classes: list[str], image_size: int) -> Split:
+    from PIL import Image, UnidentifiedImageError
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted((folder / cls).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                    images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+            except (OSError, UnidentifiedImageError) as e:
+                raise CorruptDataError(f"{path}: cannot be read as an image ({e})") from None
+            labels.append(label)
+    if not images:
+        raise DataNotFoundError(f"{folder}: no images found under {', '.join(classes)}")
+    return Split(torch.stack(images), torch.tensor(labels, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- batching on the device
+
+class DeviceLoader:
+    """Shuffle and batch tensors that already live on the device: one gather per batch.
+
+    The permutation of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same
+    batches as an uninterrupted one. With ``world_size > 1`` each rank takes every
+    ``world_size``-th sample of the same permutation (what ``DistributedSampler`` does).
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, shuffle: bool = True,
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.split, self.batch_size = split, batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.split)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        if self.world_size > 1:
+            idx = idx[: n - n % self.world_size][self.rank::self.world_size]
+        return idx.to(self.split.images.device)
+
+    def __len__(self) -> int:
+        n = len(self.split) // self.world_size if self.world_size > 1 else len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        idx = self._indices()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            batch = idx[start:start + self.batch_size]
+            yield self.split.images[batch], self.split.labels[batch]

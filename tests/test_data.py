@@ -1,0 +1,203 @@
+"""lib.data on small files in the real on-disk formats, written here, plus the real Fashion-MNIST."""
+import gzip
+import pickle
+import struct
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import lib.data as data
+from lib.data import (CorruptDataError, DataNotFoundError, DatasetError, DeviceLoader, Split,
+                      UnknownDatasetError, load_dataset, stratified_split)
+
+
+@pytest.fixture(autouse=True)
+def no_system_copy(tmp_path, monkeypatch):
+    """Keep this machine's Debian copy out of the tests that build their own files."""
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
+
+
+def write_idx(path, array, gz=True):
+    array = np.asarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def make_fashion_mnist(root, n_train=100, n_test=20, gz=True):
+    rng = np.random.default_rng(0)
+    raw = root / "FashionMNIST" / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, gz)
+    return raw
+
+
+def make_cifar10(root, per_batch=20):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": name.encode(), b"labels": [i % 10 for i in range(per_batch)],
+                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names, b"num_vis": 3072}, protocol=2))
+    return folder
+
+
+def test_fashion_mnist_idx_gz(tmp_path):
+    make_fashion_mnist(tmp_path)
+    ds = load_dataset("fashion_mnist", tmp_path, download=False, val_fraction=0.2)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (80, 20, 20)
+    assert ds.train.images.shape[1:] == (1, 28, 28) and ds.train.images.dtype == torch.uint8
+    assert torch.bincount(ds.val.labels).tolist() == [2] * 10
+    assert ds.classes[6] == "Shirt" and ds.num_classes == 10
+    x = ds.train.images.double() / 255
+    assert ds.mean[0] == pytest.approx(x.mean().item()) and ds.std[0] == pytest.approx(x.std(unbiased=False).item())
+
+
+def test_system_copy_is_decompressed_into_data(tmp_path, monkeypatch):
+    system = make_fashion_mnist(tmp_path / "usr")
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", system)
+    ds = load_dataset("fashion_mnist", tmp_path / "data", download=False)
+    assert ds.source == str(system) and len(ds.test) == 20
+    assert (tmp_path / "data/FashionMNIST/raw/train-images-idx3-ubyte").stat().st_size == 16 + 100 * 784
+
+
+def test_truncated_file_is_named_and_kept(tmp_path):
+    raw = make_fashion_mnist(tmp_path)
+    bad = raw / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])
+    with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte.gz"):
+        load_dataset("fashion_mnist", tmp_path, download=False)
+    assert bad.exists()
+
+
+def test_idx_size_and_magic_checks(tmp_path):
+    write_idx(tmp_path / "x", np.zeros((3, 2, 2)), gz=False)
+    (tmp_path / "x").write_bytes((tmp_path / "x").read_bytes()[:-1])
+    with pytest.raises(CorruptDataError, match="truncated"):
+        data.read_idx(tmp_path / "x")
+    (tmp_path / "y").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(CorruptDataError, match="magic"):
+        data.read_idx(tmp_path / "y")
+
+
+def test_missing_data_names_every_place_and_the_fix(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion_mnist", tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in msg and "no-system-copy" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "URLError" in msg
+    with pytest.raises(DataNotFoundError, match="Download is disabled"):
+        load_dataset("fashion_mnist", tmp_path, download=False)
+
+
+def test_cifar10_pickles(tmp_path):
+    make_cifar10(tmp_path)
+    ds = load_dataset("cifar10", tmp_path, download=False, val_fraction=0.1)
+    assert len(ds.train) + len(ds.val) == 100 and len(ds.test) == 20
+    assert ds.train.images.shape[1:] == (3, 32, 32) and ds.classes[3] == "cat"
+    assert len(ds.mean) == 3
+
+
+def test_cifar_downloads_through_torchvision(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeCIFAR10:  # stands in for the network: writes what torchvision's download writes
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            if not (tmp_path / "cifar-10-batches-py").exists():
+                make_cifar10(tmp_path)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    ds = load_dataset("cifar10", tmp_path)
+    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    assert "downloaded" in ds.source and len(ds.test) == 20
+
+
+def test_corrupt_cifar_pickle_is_named(tmp_path):
+    folder = make_cifar10(tmp_path)
+    (folder / "data_batch_3").write_bytes(b"not a pickle at all")
+    with pytest.raises(CorruptDataError, match="data_batch_3"):
+        load_dataset("cifar10", tmp_path, download=False)
+    assert (folder / "data_batch_3").exists()
+
+
+def test_unknown_dataset_lists_known_ones(tmp_path):
+    with pytest.raises(UnknownDatasetError, match="fashion_mnist, cifar10, cifar100"):
+        load_dataset("imagenet", tmp_path)
+
+
+def write_png(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 30, 3), value, dtype=np.uint8)).save(path)
+
+
+def test_image_folder(tmp_path):
+    for c, v in (("crow", 10), ("parrot", 200)):
+        for i in range(10):
+            write_png(tmp_path / "birds" / c / f"{i}.png", v)
+    ds = load_dataset(str(tmp_path / "birds"), image_size=16, val_fraction=0.25)
+    assert ds.classes == ("crow", "parrot") and ds.train.images.shape[1:] == (3, 16, 16)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 20
+    assert int(ds.test.images[ds.test.labels == 1].min()) == 200
+
+
+def test_image_folder_errors(tmp_path):
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match="no images"):
+        load_dataset(str(tmp_path / "empty"))
+    write_png(tmp_path / "one" / "only" / "0.png", 1)
+    with pytest.raises(DatasetError, match="only one class"):
+        load_dataset(str(tmp_path / "one"))
+    write_png(tmp_path / "bad" / "a" / "0.png", 1)
+    (tmp_path / "bad" / "b").mkdir()
+    (tmp_path / "bad" / "b" / "0.png").write_bytes(b"garbage")
+    with pytest.raises(CorruptDataError, match="0.png"):
+        load_dataset(str(tmp_path / "bad"))
+
+
+def test_stratified_split_is_deterministic_and_balanced():
+    split = Split(torch.arange(1000).view(-1, 1, 1, 1).to(torch.uint8), torch.arange(1000) % 4)
+    a_train, a_val = stratified_split(split, 0.1, seed=3)
+    b_train, b_val = stratified_split(split, 0.1, seed=3)
+    _, c_val = stratified_split(split, 0.1, seed=4)
+    assert torch.equal(a_val.images, b_val.images) and not torch.equal(a_val.images, c_val.images)
+    assert torch.bincount(a_val.labels).tolist() == [25] * 4 and len(a_train) == 900
+
+
+def test_device_loader_epochs_and_shards():
+    split = Split(torch.arange(103).view(-1, 1, 1, 1), torch.arange(103))
+    loader = DeviceLoader(split, 10, seed=1)
+    epoch0 = torch.cat([y for _, y in loader])
+    assert sorted(epoch0.tolist()) == list(range(103)) and len(loader) == 11
+    assert torch.equal(epoch0, torch.cat([y for _, y in loader]))     # same epoch, same order
+    loader.set_epoch(1)
+    assert not torch.equal(epoch0, torch.cat([y for _, y in loader]))
+    shards = [torch.cat([y for _, y in DeviceLoader(split, 8, seed=1, rank=r, world_size=2)]) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 51 and not set(shards[0].tolist()) & set(shards[1].tolist())
+    assert len(DeviceLoader(split, 10, drop_last=True)) == 10
+    with pytest.raises(ValueError, match="batch_size"):
+        DeviceLoader(split, 0)
+
+
+def test_real_fashion_mnist(fashion_mnist_root, monkeypatch):
+    monkeypatch.undo()
+    ds = load_dataset("fashion_mnist", fashion_mnist_root, download=False, val_fraction=0)
+    assert len(ds.train) == 60000 and len(ds.test) == 10000
+    assert ds.train.labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    assert ds.mean[0] == pytest.approx(0.2860, abs=1e-4) and ds.std[0] == pytest.approx(0.3530, abs=1e-4)

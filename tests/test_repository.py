@@ -1,0 +1,46 @@
+"""House rules that a reviewer would otherwise check by hand."""
+import json
+import re
+import tomllib
+
+import yaml
+
+from lib.notebook import REPO_ROOT
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[=<>!~\[ ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_environment_yml_agrees_with_pyproject():
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "python=3.11" in env["dependencies"] and "conda-forge" in env["channels"]
+    assert "-e ." in pip
+    assert sorted(p for p in pip if p != "-e .") == sorted(deps)   # same names, same pins
+    pins = {_name(d): d for d in deps}
+    assert pins["torch"] == "torch==2.14.1" and pins["torchvision"] == "torchvision==0.29.1"
+
+
+def test_every_notebook_has_parameters_and_assertions():
+    assert NOTEBOOKS, "no numbered notebooks found"
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+        assert "profile" in "".join(tagged[0]["source"]), f"{path.name}: no profile parameter"
+        assert any(line.lstrip().startswith("assert ") for c in code for line in "".join(c["source"]).splitlines()), \
+            f"{path.name}: asserts nothing"
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+            f"{path.name}: commit notebooks without outputs"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make reproduce" in readme
+    assert ci.strip().splitlines()[-1] == "make test"
