@@ -13,7 +13,6 @@ contention (seen here on 2 busy cores); compare with --threads 1.
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import torch
 import torchvision
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib.augment import RandAugment, random_crop_flip, resize  # noqa: E402
+from lib.augment import RandAugment, random_crop_flip, resize
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
 PADDING = 2

@@ -13,16 +13,13 @@ On CUDA the step runs under bf16 autocast with channels_last memory format.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
-import sys
 import time
 
 import torch
 import torchvision
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from lib.models import build_model, load_torchvision_weights  # noqa: E402
+from lib.models import build_model, load_torchvision_weights
 
 TORCHVISION = {"efficientnetv2_s": "efficientnet_v2_s", "efficientnetv2_m": "efficientnet_v2_m",
                "efficientnetv2_l": "efficientnet_v2_l", "efficientnet_b0": "efficientnet_b0"}

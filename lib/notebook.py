@@ -29,6 +29,7 @@ class NotebookRun:
     seed: int
     data_root: Path
     out: Path          # figures/<dataset>/ (or the folder a test asked for)
+    runs: Path         # <runs_dir>/<dataset>/<profile>/: training runs (checkpoints, metrics)
 
     def save_figure(self, fig, name: str) -> Path:
         """Save as PNG under ``out`` (what the README and slides link to) and return the path."""
@@ -48,7 +49,7 @@ class NotebookRun:
 
 
 def start(notebook: str, dataset: str, profile: str, seed: int = 0,
-          figures_dir: str = "figures", data_root: str = "data") -> NotebookRun:
+          figures_dir: str = "figures", data_root: str = "data", runs_dir: str = "runs") -> NotebookRun:
     """Validate a notebook's parameters, fix the seeds and make its output folder."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
@@ -62,7 +63,8 @@ def start(notebook: str, dataset: str, profile: str, seed: int = 0,
     seed_everything(seed)
     out = _resolve(figures_dir) / Path(key).name
     out.mkdir(parents=True, exist_ok=True)
-    return NotebookRun(notebook, key, profile, seed, _resolve(data_root), out)
+    runs = _resolve(runs_dir) / Path(key).name / profile
+    return NotebookRun(notebook, key, profile, seed, _resolve(data_root), out, runs)
 
 
 def seed_everything(seed: int) -> None:
@@ -74,10 +76,20 @@ def seed_everything(seed: int) -> None:
 def environment() -> dict:
     """Hardware and software versions, recorded with every result."""
     import torchvision
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "device": device,
             "cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def _resolve(path: str | os.PathLike) -> Path:

@@ -1,0 +1,171 @@
+"""Progressive learning (paper Algorithm 1): image size and regularization grow together by stage.
+
+Small images are cheap and need little regularization; large images late in training need more.
+Algorithm 1 splits training into M stages of equal length and interpolates *every* regularizer
+linearly between its first and last value. The official code forgets to schedule dropout; here all
+five are scheduled: RandAugment magnitude, mixup alpha, dropout, stochastic depth, weight decay.
+Explicit phase tables (the coursework's) are the other way to write a schedule.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+REGULARIZERS = ("randaug_magnitude", "mixup_alpha", "dropout", "drop_path", "weight_decay")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: epochs ``[start_epoch, end_epoch)`` (0-based) and the values used throughout."""
+    index: int
+    start_epoch: int
+    end_epoch: int
+    image_size: int
+    randaug_magnitude: float
+    mixup_alpha: float
+    dropout: float
+    drop_path: float
+    weight_decay: float
+
+    @property
+    def epochs(self) -> int:
+        return self.end_epoch - self.start_epoch
+
+    def describe(self) -> str:
+        return (f"stage {self.index}: epochs {self.start_epoch + 1}-{self.end_epoch}, "
+                f"image {self.image_size}px, RandAugment {self.randaug_magnitude:g}, "
+                f"mixup {self.mixup_alpha:g}, dropout {self.dropout:g}, "
+                f"stochastic depth {self.drop_path:g}, weight decay {self.weight_decay:g}")
+
+
+class Schedule(list):
+    """The stages of a run, in order; ``stage_at(epoch)`` is what the trainer asks every epoch."""
+
+    @property
+    def epochs(self) -> int:
+        return self[-1].end_epoch
+
+    def stage_at(self, epoch: int) -> Stage:
+        for stage in self:
+            if stage.start_epoch <= epoch < stage.end_epoch:
+                return stage
+        raise ValueError(f"epoch {epoch} is outside the schedule's {self.epochs} epochs")
+
+    def rows(self) -> list[dict]:
+        return [asdict(s) for s in self]
+
+    def describe(self) -> str:
+        return "\n".join(s.describe() for s in self)
+
+    def check_image_sizes(self, min_size: int, model_name: str = "the model") -> None:
+        too_small = [s for s in self if s.image_size < min_size]
+        if too_small:
+            raise ValueError(f"image size {too_small[0].image_size}px in stage {too_small[0].index} is below "
+                             f"{model_name}'s minimum of {min_size}px (use small_input=True or larger sizes)")
+
+
+def algorithm1(epochs: int, num_stages: int, size: tuple[int, int], *,
+               randaug_magnitude: tuple[float, float] = (0, 0), mixup_alpha: tuple[float, float] = (0, 0),
+               dropout: tuple[float, float] = (0, 0), drop_path: tuple[float, float] = (0, 0),
+               weight_decay: tuple[float, float] = (0, 0)) -> Schedule:
+    """Paper Algorithm 1: ``num_stages`` stages of (near) equal length, every value interpolated.
+
+    Each regularizer is a ``(first, last)`` pair; stage i gets first + (last - first) * i / (M - 1).
+    With ``epochs`` not divisible by M, the first ``epochs % M`` stages get one epoch more.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    if not 1 <= num_stages <= epochs:
+        raise ValueError(f"num_stages must be between 1 and epochs ({epochs}), got {num_stages}")
+    ranges = dict(randaug_magnitude=randaug_magnitude, mixup_alpha=mixup_alpha, dropout=dropout,
+                  drop_path=drop_path, weight_decay=weight_decay)
+    stages, start = [], 0
+    for i in range(num_stages):
+        t = i / (num_stages - 1) if num_stages > 1 else 1.0
+        length = epochs // num_stages + (1 if i < epochs % num_stages else 0)
+        values = {k: lo + (hi - lo) * t for k, (lo, hi) in ranges.items()}
+        image_size = round(size[0] + (size[1] - size[0]) * t)
+        stages.append(Stage(i, start, start + length, image_size, **values))
+        start += length
+    return _validated(Schedule(stages))
+
+
+def phase_table(rows: list[dict], epochs: int | None = None) -> Schedule:
+    """Explicit phases, written like the coursework's tables: ``{"epochs": (first, last), ...}``.
+
+    Epochs are 1-based and inclusive, as on the slides; phases must be contiguous from epoch 1 and,
+    when ``epochs`` is given, cover exactly that many. Missing regularizers default to 0.
+    """
+    stages, expected_first = [], 1
+    for i, row in enumerate(rows):
+        row = dict(row)
+        first, last = row.pop("epochs")
+        if first != expected_first or last < first:
+            raise ValueError(f"phase {i} covers epochs {first}-{last}; it must start at epoch "
+                             f"{expected_first} and end at or after it (phases must be contiguous)")
+        unknown = set(row) - set(REGULARIZERS) - {"image_size"}
+        if unknown:
+            raise ValueError(f"phase {i}: unknown setting(s) {sorted(unknown)}; known: image_size, "
+                             f"{', '.join(REGULARIZERS)}")
+        if "image_size" not in row:
+            raise ValueError(f"phase {i}: image_size is missing")
+        values = {k: float(row.get(k, 0)) for k in REGULARIZERS}
+        stages.append(Stage(i, first - 1, last, int(row["image_size"]), **values))
+        expected_first = last + 1
+    if not stages:
+        raise ValueError("a phase table needs at least one phase")
+    schedule = Schedule(stages)
+    if epochs is not None and schedule.epochs != epochs:
+        raise ValueError(f"the phase table covers {schedule.epochs} epochs but the run has {epochs}")
+    return _validated(schedule)
+
+
+def _validated(schedule: Schedule) -> Schedule:
+    for s in schedule:
+        if s.image_size <= 0:
+            raise ValueError(f"stage {s.index}: image size must be positive, got {s.image_size}")
+        for k in ("dropout", "drop_path"):
+            if not 0 <= getattr(s, k) < 1:
+                raise ValueError(f"stage {s.index}: {k} must be in [0, 1), got {getattr(s, k)}")
+        if min(s.randaug_magnitude, s.mixup_alpha, s.weight_decay) < 0:
+            raise ValueError(f"stage {s.index}: regularizers must be non-negative")
+    return schedule
+
+
+# The coursework deck's phase tables (GUIDE.md section 2), as presets.
+COURSEWORK_TABLES = {
+    "fashion_mnist": [
+        dict(epochs=(1, 20), image_size=28, randaug_magnitude=5, dropout=0.2, drop_path=0.0, weight_decay=0),
+        dict(epochs=(21, 50), image_size=50, randaug_magnitude=10, dropout=0.3, drop_path=0.1, weight_decay=3e-4),
+        dict(epochs=(51, 100), image_size=80, randaug_magnitude=20, dropout=0.4, drop_path=0.2, weight_decay=3e-3),
+    ],
+    "cifar10": [
+        dict(epochs=(1, 20), image_size=128, randaug_magnitude=10, dropout=0.2, drop_path=0.0, weight_decay=1e-4),
+        dict(epochs=(21, 40), image_size=150, randaug_magnitude=15, dropout=0.3, drop_path=0.1, weight_decay=3e-4),
+        dict(epochs=(41, 60), image_size=200, randaug_magnitude=20, dropout=0.4, drop_path=0.2, weight_decay=3e-3),
+    ],
+}
+
+
+def schedule_from_spec(spec: dict, epochs: int) -> Schedule:
+    """Build a schedule from a profile's plain-literal spec (what YAML and papermill can carry).
+
+    ``{"phases": [...]}`` or ``{"coursework": "fashion_mnist"}`` for a phase table, otherwise the
+    keyword arguments of :func:`algorithm1` (``num_stages``, ``size`` and ``(first, last)`` pairs).
+    """
+    spec = dict(spec)
+    if "coursework" in spec:
+        name = spec.pop("coursework")
+        if name not in COURSEWORK_TABLES:
+            raise ValueError(f"unknown coursework table {name!r}: known ones are {', '.join(COURSEWORK_TABLES)}")
+        return phase_table(COURSEWORK_TABLES[name], epochs)
+    if "phases" in spec:
+        return phase_table(spec["phases"], epochs)
+    if "size" not in spec:
+        raise ValueError("a schedule needs 'size': [first, last] image sizes (or 'phases' / 'coursework')")
+    allowed = {"num_stages", "size"} | set(REGULARIZERS)
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ValueError(f"unknown schedule setting(s) {sorted(unknown)}; known: {', '.join(sorted(allowed))}")
+    pairs = {k: tuple(v) if isinstance(v, (list, tuple)) else (v, v) for k, v in spec.items() if k != "num_stages"}
+    return algorithm1(epochs, int(spec.get("num_stages", 1)), **pairs)
+

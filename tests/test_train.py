@@ -1,0 +1,166 @@
+"""The trainer's promises: exact resume after a kill, DDP = one process, no clobbering, clear errors."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import lib.data as data
+import lib.train as train_module
+from formats import make_fashion_mnist
+from lib.profiles import config_for
+from lib.train import Diverged, TrainingError, main, train
+
+TINY = {"width_mult": 0.25, "depth_mult": 0.1, "small_input": True}
+SCHEDULE = "{num_stages: 2, size: [20, 28], randaug_magnitude: [5, 9], mixup_alpha: [0, 0.2], dropout: [0.1, 0.2], drop_path: [0, 0.1], weight_decay: [0, 1.0e-4]}"
+
+
+@pytest.fixture
+def tiny_root(tmp_path, monkeypatch):
+    """300 random 28x28 images in the real idx format (mechanics only: no accuracy is claimed)."""
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
+    make_fashion_mnist(tmp_path / "data", n_train=300, n_test=50)
+    return tmp_path / "data"
+
+
+def cli_args(root, out, epochs=3, *extra):
+    return ["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(out), "--epochs", str(epochs),
+            "--batch-size", "32", "--set", f"data_root={root}", "--set", "limit=null",
+            "--set", f"schedule={SCHEDULE}", *extra]
+
+
+def run_cli(args, **kwargs):
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lib.train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu")
+
+
+def test_kill_at_a_random_step_then_resume_equals_uninterrupted_run(tiny_root, tmp_path):
+    reference = run_cli(cli_args(tiny_root, tmp_path / "ref", 4))
+    assert reference.wait(120) == 0, reference.stdout.read()
+
+    victim = run_cli(cli_args(tiny_root, tmp_path / "killed", 4))
+    first = tmp_path / "killed" / "checkpoints" / "epoch_0001.pt"
+    while not first.exists() and victim.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.Random().uniform(0.0, 0.6))     # somewhere in epochs 2-4
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    assert not (tmp_path / "killed" / "metrics.json").exists(), "the run finished before it was killed"
+
+    resumed = run_cli(cli_args(tiny_root, tmp_path / "killed", 4, "--resume"))
+    log = resumed.communicate(timeout=120)[0]
+    assert resumed.returncode == 0, log
+    assert "resumed from" in log
+    ref, got = weights(tmp_path / "ref" / "model.pt"), weights(tmp_path / "killed" / "model.pt")
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref), "resumed weights differ from the uninterrupted run"
+    history = json.loads((tmp_path / "killed" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and [h["image_size"] for h in history] == [20, 20, 28, 28]
+
+
+def test_torchrun_two_processes_with_syncbn_equals_one_process(tiny_root, tmp_path):
+    common = ["--optimizer", "sgd", "--set", "max_steps=1", "--set", "randaug_ops=0", "--set", "crop_padding=0",
+              "--set", "flip=false", "--set", "label_smoothing=0.1", "--set", "sync_bn=true",
+              "--set", "schedule={num_stages: 1, size: [28, 28]}"]
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "lib.train", *cli_args(tiny_root, tmp_path / "ddp", 1, *common)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    assert ddp.stdout.count("test accuracy") == 1, ddp.stdout          # rank 0 alone reports and writes
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["world_size"] == 2
+    single = run_cli(cli_args(tiny_root, tmp_path / "one", 1, *common))
+    assert single.wait(120) == 0, single.stdout.read()
+    a, b = weights(tmp_path / "ddp" / "model.pt"), weights(tmp_path / "one" / "model.pt")
+    start = train_module.build_model("efficientnetv2_s", 10, 1, **TINY).state_dict()
+    moved = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], start[k])]
+    assert len(moved) > 10                                               # the step changed the weights
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=2e-6, rtol=1e-4), k
+
+
+def small_config(root, **overrides):
+    settings = dict(data_root=str(root), limit=None, epochs=2, batch_size=32)
+    settings.update(overrides)
+    return config_for("smoke", "fashion_mnist", **settings)
+
+
+def test_outputs_and_no_clobbering(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(small_config(tiny_root), out, progress=False, log=lambda *a: None)
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["wall_seconds"] > 0
+    for name in ("config.json", "metrics.json", "metrics.csv", "history.json", "model.pt"):
+        assert (out / name).exists(), name
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("train_loss", "val_accuracy", "lr", "image_size", "randaug_magnitude", "mixup_alpha",
+                   "dropout", "drop_path", "weight_decay", "epoch_seconds", "train_images_per_second"):
+        assert column in header, column
+    assert len(list((out / "checkpoints").glob("*.pt"))) == 1          # keep_checkpoints=1 in smoke
+    with pytest.raises(TrainingError, match="finished run"):
+        train(small_config(tiny_root), out, progress=False, log=lambda *a: None)
+    train(small_config(tiny_root), out, overwrite=True, progress=False, log=lambda *a: None)
+
+
+def test_resume_into_another_model_is_refused(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Diverged):
+        _diverge_in_epoch_2(tiny_root, out)
+    with pytest.raises(TrainingError, match="unfinished run"):
+        train(small_config(tiny_root), out, progress=False, log=lambda *a: None)
+    other = small_config(tiny_root, model_overrides={**TINY, "width_mult": 0.5})
+    with pytest.raises(TrainingError, match="holds a checkpoint of"):
+        train(other, out, resume=True, progress=False, log=lambda *a: None)
+
+
+def _diverge_in_epoch_2(root, out, monkeypatch=None):
+    calls = {"n": 0}
+    original = train_module.soft_cross_entropy
+
+    def poisoned(logits, targets, smoothing):
+        calls["n"] += 1
+        loss = original(logits, targets, smoothing)
+        return loss * float("nan") if calls["n"] > 9 else loss   # 9 steps per epoch here
+    train_module.soft_cross_entropy = poisoned
+    try:
+        train(small_config(root), out, progress=False, log=lambda *a: None)
+    finally:
+        train_module.soft_cross_entropy = original
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Diverged, match="epoch_0001.pt"):
+        _diverge_in_epoch_2(tiny_root, out)
+    assert [p.name for p in (out / "checkpoints").glob("*.pt")] == ["epoch_0001.pt"]
+    assert not (out / "metrics.json").exists()
+    state = torch.load(out / "checkpoints" / "epoch_0001.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "huge"], "unknown profile 'huge'"),
+    (["--optimizer", "lamb"], "unknown optimizer 'lamb'"),
+    (["--scheduler", "step"], "unknown scheduler 'step'"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--epochs", "7", "--set", "schedule={coursework: fashion_mnist}"], "covers 100 epochs but the run has 7"),
+    (["--set", "model_overrides={width_mult: 0.25, depth_mult: 0.1}"], "below efficientnetv2_s's minimum"),
+    (["--model", "efficientnetv2_xl"], "unknown model 'efficientnetv2_xl'"),
+    (["--set", "colour=red"], "unknown setting"),
+])
+def test_cli_bad_input_is_one_line(tiny_root, tmp_path, capsys, args, message):
+    base = ["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(tmp_path / "x"),
+            "--set", f"data_root={tiny_root}"]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "checkpoints").exists()
