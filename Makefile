@@ -11,10 +11,9 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := build/$(DATASET)/$(PROFILE)
 SMOKE_DIR := build/smoke
 export TQDM_DISABLE ?= 0
-export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: reproduce test setup clean
+.PHONY: reproduce test slides setup clean
 
 setup: $(VENV)/.installed
 
@@ -32,7 +31,7 @@ reproduce: setup
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(DATASET), $(PROFILE)) -> $(RUN_DIR)/$$(basename $$nb)"; \
 	  $(PY) -m papermill -k $(KERNEL) --execution-timeout 7200 -f params/$(DATASET).yaml \
-	    -p profile $(PROFILE) -p figures_dir figures $$nb $(RUN_DIR)/$$(basename $$nb) || exit 1; \
+	    -p profile $(PROFILE) -p figures_dir figures -p runs_dir runs $$nb $(RUN_DIR)/$$(basename $$nb) || exit 1; \
 	done
 	@echo "executed notebooks: $(RUN_DIR)/   figures: figures/$(DATASET)/"
 
@@ -40,10 +39,16 @@ reproduce: setup
 test: setup
 	@rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	@for nb in $(NOTEBOOKS); do \
-	  $(PY) -m papermill --prepare-only -k $(KERNEL) -p profile smoke -p figures_dir $(SMOKE_DIR)/figures \
+	  $(PY) -m papermill --prepare-only -k $(KERNEL) -p profile smoke -p figures_dir $(SMOKE_DIR)/figures -p runs_dir $(SMOKE_DIR)/runs \
 	    $$nb $(SMOKE_DIR)/$$(basename $$nb) 2> /dev/null; \
 	done
 	TQDM_DISABLE=1 $(PY) -m pytest tests $(SMOKE_DIR) --nbval-lax --durations=8
+
+# Executed notebooks in $(RUN_DIR) -> offline reveal.js decks in $(RUN_DIR)/slides (+ vendor/, fetched
+# once from npm into build/vendor). Code hidden; `make slides SLIDES_CODE=1` keeps it.
+slides: setup
+	@ls $(RUN_DIR)/[0-9][0-9]_*.ipynb > /dev/null 2>&1 || { echo "no executed notebooks in $(RUN_DIR)/: run \`make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)\` first" >&2; exit 1; }
+	$(PY) -m lib.slides $(RUN_DIR) $(RUN_DIR)/slides $(if $(filter 1 yes true,$(SLIDES_CODE)),--code)
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,0 +1,226 @@
+"""Executed notebooks -> reveal.js decks that open offline: ``python -m lib.slides SRC_DIR OUT_DIR``.
+
+``make slides`` and ``tests/test_slides.py`` both run this module, so what the test renders is what
+the command writes. For every ``NN_name.ipynb`` in SRC_DIR it writes ``OUT_DIR/NN_name.slides.html``
+and copies the JavaScript/CSS the decks load into ``OUT_DIR/vendor/``: the folder can be zipped and
+opened anywhere, with no network.
+
+How the deck stays offline. nbconvert's reveal template loads jQuery, require.js and MathJax from
+cdnjs, reveal.js from unpkg, and mermaid as an ES module from cdnjs. Offline, require.js never
+loads, so reveal never starts and the deck is blank. Every one of those URLs except mermaid's is a
+configurable exporter trait (``jquery_url``, ``require_js_url``, ``mathjax_url``,
+``reveal_url_prefix``): we point them at relative ``vendor/...`` paths, and a three-line template
+that extends nbconvert's own ``reveal/index.html.j2`` removes the two blocks that can only load
+from the network (the mermaid module import, which these notebooks never use, and the Jupyter
+widgets loader). No forked template, no rewriting of the generated HTML. The theme is reveal's
+``white``, whose fonts ship with reveal (nbconvert's default ``simple`` imports Google Fonts).
+After writing a deck, ``remote_urls`` checks it: any ``<script src>``, ``<link href>`` or module
+import that points at a remote host is an error, not a silent regression.
+
+The vendor files come from the npm registry at pinned versions, installed once into the
+git-ignored ``build/vendor/`` (a few seconds); later runs reuse them and need no network.
+
+Cells are chosen by their ``slideshow.slide_type`` metadata (``skip`` cells are left out); code is
+hidden (``--code`` keeps it) and so are the ``In [ ]``/``Out [ ]`` prompts. Figures are PNG outputs
+and nbconvert embeds them as base64 ``data:`` URIs, so a deck is one HTML file plus ``vendor/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENDOR_CACHE = REPO_ROOT / "build" / "vendor"
+
+# npm package -> pinned version. reveal.js 4.x keeps the layout nbconvert's template expects:
+# dist/reveal.js, dist/reveal.css, dist/theme/<theme>.css, plugin/notes/notes.js.
+PACKAGES = {"reveal.js": "4.6.1", "requirejs": "2.3.7", "jquery": "3.7.1", "mathjax": "2.7.9"}
+THEME = "white"
+
+# What each deck folder gets, as (package, path inside the package) -> path under OUT_DIR/vendor/.
+# MathJax: only what the "TeX-AMS_CHTML-full,Safe" config loads (1.7 MB instead of the package's 73).
+ASSETS = [
+    ("reveal.js", "dist/reveal.js", "reveal.js/dist/reveal.js"),
+    ("reveal.js", "dist/reveal.css", "reveal.js/dist/reveal.css"),
+    ("reveal.js", f"dist/theme/{THEME}.css", f"reveal.js/dist/theme/{THEME}.css"),
+    ("reveal.js", "dist/theme/fonts/source-sans-pro", "reveal.js/dist/theme/fonts/source-sans-pro"),
+    ("reveal.js", "plugin/notes/notes.js", "reveal.js/plugin/notes/notes.js"),
+    ("reveal.js", "LICENSE", "reveal.js/LICENSE"),
+    ("requirejs", "require.js", "requirejs/require.js"),
+    ("jquery", "dist/jquery.min.js", "jquery/jquery.min.js"),
+    ("jquery", "LICENSE.txt", "jquery/LICENSE.txt"),
+    *[("mathjax", p, f"mathjax/{p}") for p in (
+        "MathJax.js", "LICENSE", "config/TeX-AMS_CHTML-full.js", "config/Safe.js", "extensions",
+        "jax/input/TeX", "jax/element/mml", "jax/output/CommonHTML", "fonts/HTML-CSS/TeX/woff")],
+]
+MATHJAX_IGNORE = shutil.ignore_patterns("a11y", "MathML", "HTML-CSS")  # extensions not loaded by CHTML
+
+URLS = {
+    "reveal_url_prefix": "vendor/reveal.js",
+    "require_js_url": "vendor/requirejs/require.js",
+    "jquery_url": "vendor/jquery/jquery.min.js",
+    "mathjax_url": "vendor/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe",
+}
+
+OFFLINE_TEMPLATE = """{%- extends 'reveal/index.html.j2' -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
+NPM_HINT = ("npm not found: `make slides` fetches reveal.js, require.js, jQuery and MathJax from the "
+            "npm registry once; install Node.js and npm (Debian: `apt-get install npm`)")
+
+
+def vendor_ready(cache: Path = VENDOR_CACHE) -> bool:
+    """True when every pinned package is already in the cache (no npm, no network needed)."""
+    for name, version in PACKAGES.items():
+        manifest = cache / "node_modules" / name / "package.json"
+        if not manifest.is_file() or json.loads(manifest.read_text()).get("version") != version:
+            return False
+    return True
+
+
+def fetch_vendor(cache: Path = VENDOR_CACHE) -> Path:
+    """Install the pinned packages into ``cache`` with npm, once; return ``cache/node_modules``."""
+    if not vendor_ready(cache):
+        npm = shutil.which("npm")
+        if npm is None:
+            raise SystemExit(NPM_HINT)
+        cache.mkdir(parents=True, exist_ok=True)
+        specs = [f"{name}@{version}" for name, version in PACKAGES.items()]
+        print(f"fetching {' '.join(specs)} into {cache}/ (once)", flush=True)
+        subprocess.run([npm, "install", "--prefix", str(cache), "--no-save", "--no-package-lock",
+                        "--no-audit", "--no-fund", "--loglevel=error", *specs], check=True)
+        if not vendor_ready(cache):
+            raise SystemExit(f"npm install into {cache} did not produce {', '.join(specs)}")
+    return cache / "node_modules"
+
+
+def copy_vendor(out_dir: Path, cache: Path = VENDOR_CACHE) -> Path:
+    """Copy the files the decks load into ``out_dir/vendor`` (replacing an older copy)."""
+    modules = fetch_vendor(cache)
+    vendor = out_dir / "vendor"
+    shutil.rmtree(vendor, ignore_errors=True)
+    for package, src, dst in ASSETS:
+        source, target = modules / package / src, vendor / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=MATHJAX_IGNORE if package == "mathjax" else None)
+        else:
+            shutil.copy2(source, target)
+    return vendor
+
+
+class _Refs(HTMLParser):
+    """Collects the URLs a page loads: script src, link href, and ES-module imports."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self._in_script = True
+            if attrs.get("src"):
+                self.urls.append(attrs["src"])
+        elif tag == "link" and attrs.get("href"):
+            self.urls.append(attrs["href"])
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.urls += re.findall(r"""\bimport\b[^'"]*?\bfrom\s*['"]([^'"]+)['"]""", data)
+            self.urls += re.findall(r"""\bimport\s*\(\s*['"]([^'"]+)['"]""", data)
+
+
+def loaded_urls(html: str) -> list[str]:
+    parser = _Refs()
+    parser.feed(html)
+    return parser.urls
+
+
+def remote_urls(html: str) -> list[str]:
+    """The URLs a page would fetch from another host (http(s):, protocol-relative //host)."""
+    return [u for u in loaded_urls(html) if re.match(r"^(?:[a-z][a-z0-9+.-]*:)?//", u, re.I)]
+
+
+def notebooks_in(src_dir: Path) -> list[Path]:
+    return sorted(src_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def export(src_dir: Path, out_dir: Path, code: bool = False, cache: Path = VENDOR_CACHE) -> list[Path]:
+    """Write one offline deck per executed notebook in ``src_dir``; return the decks' paths."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import SlidesExporter
+    from traitlets.config import Config
+
+    notebooks = notebooks_in(src_dir)
+    if not notebooks:
+        raise SystemExit(f"no executed notebooks (NN_name.ipynb) in {src_dir}/: run `make reproduce` first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vendor = copy_vendor(out_dir, cache)
+
+    config = Config()
+    exporter_config = config.SlidesExporter
+    for trait, url in URLS.items():
+        exporter_config[trait] = url
+    exporter_config.reveal_theme = THEME
+    exporter_config.reveal_scroll = True          # a slide taller than the screen scrolls
+    exporter_config.exclude_input = not code      # nbconvert --no-input
+    exporter_config.exclude_input_prompt = True   # and --no-prompt
+    exporter_config.exclude_output_prompt = True
+    exporter = SlidesExporter(config=config, template_file="offline_reveal.html.j2",
+                              extra_loaders=[DictLoader({"offline_reveal.html.j2": OFFLINE_TEMPLATE})])
+
+    decks = []
+    for notebook in notebooks:
+        nb = nbformat.read(notebook, as_version=4)
+        if not any(key.startswith("image/") for cell in nb.cells for output in cell.get("outputs", [])
+                   for key in output.get("data", {})):
+            print(f"warning: {notebook} has no figure outputs, so its deck has no figures. A figure is in "
+                  f"the notebook only if the kernel displayed it: run papermill without MPLBACKEND=Agg "
+                  f"(the kernel's default inline backend embeds PNGs)", file=sys.stderr)
+        html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
+        remote = remote_urls(html)
+        if remote:
+            raise SystemExit(f"{notebook.name}: the deck would load {', '.join(sorted(set(remote)))} "
+                             f"from the network; lib/slides.py must vendor it")
+        missing = [u for u in loaded_urls(html) if u.startswith("vendor/")
+                   and not (out_dir / u.split("?")[0]).is_file()]
+        if missing:
+            raise SystemExit(f"{notebook.name}: the deck loads {', '.join(missing)}, missing from {vendor}")
+        deck = out_dir / f"{notebook.stem}.slides.html"
+        deck.write_text(html, encoding="utf-8")
+        decks.append(deck)
+        print(f"{notebook} -> {deck}")
+    return decks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.slides", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src_dir", type=Path, help="folder of executed notebooks (NN_name.ipynb)")
+    parser.add_argument("out_dir", type=Path, help="where the decks and vendor/ go")
+    parser.add_argument("--code", action="store_true", help="keep the code cells' input (hidden by default)")
+    parser.add_argument("--vendor-cache", type=Path, default=VENDOR_CACHE,
+                        help=f"where npm installs the pinned packages once (default {VENDOR_CACHE})")
+    args = parser.parse_args(argv)
+    decks = export(args.src_dir, args.out_dir, code=args.code, cache=args.vendor_cache)
+    print(f"{len(decks)} deck(s) in {args.out_dir}/ (open offline; the folder, with vendor/, is self-contained)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
