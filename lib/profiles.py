@@ -37,6 +37,8 @@ class TrainConfig:
     channels_last: bool = True          # CUDA, and CPU too (mkldnn: 1.8x faster training steps here)
     compile: bool = False               # torch.compile: one recompile per stage (new image size)
     sync_bn: bool = True                # under torchrun
+    bn_momentum: float | None = None    # None: the model's (0.01 = TF's 0.99); 0.1 for runs of ~100 steps,
+                                        # whose running statistics would otherwise still be near their init
     seed: int = 0
     val_fraction: float = 0.1
     limit: int | None = None            # images per split (smoke runs)
@@ -58,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema_decay < 1:
             raise ValueError("label_smoothing and ema_decay must be in [0, 1)")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
         return self

@@ -214,6 +214,10 @@ def _train(config, schedule, out, ctx, resume, overwrite, progress, log) -> dict
     torch.manual_seed(config.seed)
     model = build_model(config.model, ds.num_classes, ds.in_channels, **config.model_overrides)
     schedule.check_image_sizes(model.min_input_size, config.model)
+    if config.bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config.bn_momentum
     num_params = count_parameters(model)
     signature = model_signature(config, ds.num_classes, ds.in_channels, num_params)
 

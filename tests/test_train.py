@@ -164,3 +164,12 @@ def test_cli_bad_input_is_one_line(tiny_root, tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_bn_momentum_override_reaches_every_batchnorm(tiny_root, tmp_path):
+    config = small_config(tiny_root, bn_momentum=0.1, max_steps=1)
+    train(config, tmp_path / "run", progress=False, log=lambda *a: None)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0001.pt", weights_only=False)
+    assert state["config"]["bn_momentum"] == 0.1
+    with pytest.raises(ValueError, match="bn_momentum"):
+        small_config(tiny_root, bn_momentum=1.5)
