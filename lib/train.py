@@ -380,6 +380,8 @@ def run_or_reuse(config: TrainConfig, out: str | os.PathLike, *, retrain: bool =
     out = Path(out)
     if not retrain and (out / "metrics.json").exists() and (out / "config.json").exists():
         saved = json.loads((out / "config.json").read_text())["config"]
+        defaults = json.loads(json.dumps(asdict(TrainConfig()), default=str))
+        saved = {**defaults, **saved}     # a field added since that run counts as its default
         if saved == json.loads(json.dumps(asdict(config), default=str)):
             kwargs.get("log", print)(f"reusing the finished run in {out} (retrain=True trains again)")
             return json.loads((out / "metrics.json").read_text())

@@ -14,7 +14,7 @@ import lib.data as data
 import lib.train as train_module
 from formats import make_fashion_mnist
 from lib.profiles import config_for
-from lib.train import Diverged, TrainingError, main, train
+from lib.train import Diverged, TrainingError, main, run_or_reuse, train
 
 TINY = {"width_mult": 0.25, "depth_mult": 0.1, "small_input": True}
 SCHEDULE = "{num_stages: 2, size: [20, 28], randaug_magnitude: [5, 9], mixup_alpha: [0, 0.2], dropout: [0.1, 0.2], drop_path: [0, 0.1], weight_decay: [0, 1.0e-4]}"
@@ -173,3 +173,16 @@ def test_bn_momentum_override_reaches_every_batchnorm(tiny_root, tmp_path):
     assert state["config"]["bn_momentum"] == 0.1
     with pytest.raises(ValueError, match="bn_momentum"):
         small_config(tiny_root, bn_momentum=1.5)
+
+
+def test_run_or_reuse_reuses_a_finished_run_and_tolerates_new_default_fields(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    first = run_or_reuse(small_config(tiny_root), out, progress=False, log=lambda *a: None)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["config"]["bn_momentum"]                          # as written before the field existed
+    (out / "config.json").write_text(json.dumps(saved))
+    messages = []
+    again = run_or_reuse(small_config(tiny_root), out, progress=False, log=messages.append)
+    assert again["wall_seconds"] == first["wall_seconds"] and "reusing" in messages[0]
+    changed = run_or_reuse(small_config(tiny_root, lr=5e-4), out, progress=False, log=lambda *a: None)
+    assert changed["wall_seconds"] != first["wall_seconds"]
