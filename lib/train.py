@@ -167,8 +167,7 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> Path | None:
     finished = (out / "metrics.json").exists()
     found = checkpoints(out)
     if overwrite:
-        for name in (CHECKPOINT_DIR,):
-            shutil.rmtree(out / name, ignore_errors=True)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
         for name in ("metrics.json", "metrics.csv", "history.json", "model.pt"):
             (out / name).unlink(missing_ok=True)
         return None
