@@ -14,15 +14,15 @@ contention (seen here on 2 busy cores); compare with --threads 1.
 import argparse
 import os
 import time
-from pathlib import Path
 
 import torch
 import torchvision
 from torchvision import transforms
 
 from lib.augment import RandAugment, random_crop_flip, resize
+from lib.notebook import REPO_ROOT
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
+DATA_ROOT = REPO_ROOT / "data"
 PADDING = 2
 NUM_OPS = 2
 

@@ -187,17 +187,12 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 def _load_fashion_mnist(root: Path, download: bool):
     raw = root / "FashionMNIST" / "raw"
-    searched = [str(raw)]
-    found = _find_idx_files(raw)
-    source = str(raw)
+    found, source = _find_idx_files(raw), str(raw)
     if found is None and _find_idx_files(SYSTEM_FASHION_MNIST) is not None:
-        searched.append(str(SYSTEM_FASHION_MNIST))
         found = _install_system_copy(raw) or _find_idx_files(SYSTEM_FASHION_MNIST)
         source = str(SYSTEM_FASHION_MNIST)
-    elif found is None:
-        searched.append(str(SYSTEM_FASHION_MNIST))
     if found is None:
-        _download("fashion_mnist", root, download, searched)
+        _download("fashion_mnist", root, download, [str(raw), str(SYSTEM_FASHION_MNIST)])
         found = _find_idx_files(raw)
         source = f"{raw} (downloaded)"
     splits = {}
