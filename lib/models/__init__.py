@@ -1,33 +1,33 @@
 """Model library: one entry point, ``build_model(name, num_classes, in_channels=3, **overrides)``.
 
-Every model it returns has ``set_dropout(p)``, ``set_drop_path_rate(rate)`` and
-``min_input_size`` (see ``trainer_api.py``), so a trainer treats all families alike.
+Every model it returns has ``name``, ``set_dropout(p)``, ``set_drop_path_rate(rate)``
+(``regularization.py``) and ``min_input_size`` (``blocks.check_input_size``), so a trainer
+treats all families alike.
 
 Overrides:
 - EfficientNet (V2 and B0-B7): dropout, drop_path_rate, width_mult, depth_mult, fused_stages,
-  small_input, bn_eps.
-- ResNets: dropout, drop_path_rate (recorded only), small_input.
+  small_input, bn_eps, bn_momentum.
+- ResNets: dropout, drop_path_rate (recorded only), small_input, bn_momentum.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from .blocks import make_divisible
+from .blocks import check_input_size, make_divisible
 from .counting import count_flops, count_parameters
 from .efficientnet import (B_COEFFICIENTS, EFFICIENTNET_B0, EFFICIENTNETV2_L, EFFICIENTNETV2_M,
                            EFFICIENTNETV2_S, PAPER_FUSED_SETTINGS, VARIANTS, EfficientNet, Stage,
                            build_efficientnet, describe_stages, scale_table, with_fused_stages)
 from .resnet import RESNETS, build_resnet
 from .torchvision_compat import load_torchvision_weights
-from .trainer_api import check_input_size
 
 MODEL_NAMES = tuple(VARIANTS) + tuple(RESNETS)
 
 _OVERRIDES = {
     "efficientnet": {"dropout", "drop_path_rate", "width_mult", "depth_mult", "fused_stages",
-                     "small_input", "bn_eps"},
-    "resnet": {"dropout", "drop_path_rate", "small_input"},
+                     "small_input", "bn_eps", "bn_momentum"},
+    "resnet": {"dropout", "drop_path_rate", "small_input", "bn_momentum"},
 }
 
 
@@ -42,8 +42,14 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **overrides) 
     if unknown:
         raise ValueError(f"unknown overrides {unknown} for {name}; "
                          f"allowed: {sorted(_OVERRIDES[family])}")
+    momentum = overrides.get("bn_momentum")
+    if momentum is not None and not 0 < momentum <= 1:
+        raise ValueError(f"bn_momentum must be in (0, 1] (PyTorch's convention: 0.01 is TF's 0.99), "
+                         f"got {momentum}")
     builder = build_resnet if family == "resnet" else build_efficientnet
-    return builder(name, int(num_classes), int(in_channels), **overrides)
+    model = builder(name, int(num_classes), int(in_channels), **overrides)
+    model.name = name
+    return model
 
 
 __all__ = [

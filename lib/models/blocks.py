@@ -17,6 +17,25 @@ from torch import nn
 BN_MOMENTUM = 0.01
 
 
+def min_input_size(total_stride: int) -> int:
+    """The smallest square input a network of this total stride accepts: total stride + 1.
+
+    Its last feature map is then at least 2x2, so BatchNorm in training sees more than one value
+    per channel even at batch size 1 (torchvision declares the same 33 px for EfficientNetV2).
+    """
+    return int(total_stride) + 1
+
+
+def check_input_size(model: nn.Module, size: int, where: str = "") -> None:
+    """One-line ValueError when ``size`` px is below ``model.min_input_size``: the only place this
+    rule is checked (model forward, schedules, FLOP counting, transfer settings all call it)."""
+    minimum = getattr(model, "min_input_size", 1)
+    if int(size) < minimum:
+        name = getattr(model, "name", "this model")
+        raise ValueError(f"image size {size} px{where} is below {name}'s minimum {minimum} px "
+                         f"(upsample the images, or build with small_input=True)")
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never going down by more than 10%.
 
@@ -32,11 +51,11 @@ class ConvBNAct(nn.Sequential):
     """Conv (no bias, 'same' padding for odd kernels) -> BatchNorm -> optional SiLU."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-                 act: bool = True, bn_eps: float = 1e-3):
+                 act: bool = True, bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2,
                               groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=BN_MOMENTUM)
+        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
         # In-place SiLU is safe: BatchNorm's backward does not need its own output.
         self.act = nn.SiLU(inplace=True) if act else nn.Identity()
 
@@ -121,18 +140,19 @@ class MBConv(_ResidualBlock):
 
     def __init__(self, in_ch: int, out_ch: int, expand: int, kernel: int, stride: int,
                  se_ratio: float, depth_fraction: float = 0.0, drop_path_rate: float = 0.0,
-                 bn_eps: float = 1e-3):
+                 bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM):
         super().__init__()
         self._init_common(in_ch, out_ch, expand, kernel, stride, se_ratio, depth_fraction,
                           drop_path_rate)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         hidden = make_divisible(in_ch * expand)
         layers = []
         if expand != 1:
-            layers.append(ConvBNAct(in_ch, hidden, 1, bn_eps=bn_eps))
-        layers.append(ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, bn_eps=bn_eps))
+            layers.append(ConvBNAct(in_ch, hidden, 1, **bn))
+        layers.append(ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, **bn))
         if se_ratio > 0:
             layers.append(SqueezeExcite(hidden, max(1, int(in_ch * se_ratio))))
-        layers.append(ConvBNAct(hidden, out_ch, 1, act=False, bn_eps=bn_eps))
+        layers.append(ConvBNAct(hidden, out_ch, 1, act=False, **bn))
         self.body = nn.Sequential(*layers)
 
 
@@ -148,21 +168,22 @@ class FusedMBConv(_ResidualBlock):
 
     def __init__(self, in_ch: int, out_ch: int, expand: int, kernel: int, stride: int,
                  se_ratio: float = 0.0, depth_fraction: float = 0.0, drop_path_rate: float = 0.0,
-                 bn_eps: float = 1e-3):
+                 bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM):
         super().__init__()
         self._init_common(in_ch, out_ch, expand, kernel, stride, se_ratio, depth_fraction,
                           drop_path_rate)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         squeeze = max(1, int(in_ch * se_ratio))
         if expand == 1:
-            layers = [ConvBNAct(in_ch, out_ch, kernel, stride, bn_eps=bn_eps)]
+            layers = [ConvBNAct(in_ch, out_ch, kernel, stride, **bn)]
             if se_ratio > 0:
                 layers.append(SqueezeExcite(out_ch, squeeze))
         else:
             hidden = make_divisible(in_ch * expand)
-            layers = [ConvBNAct(in_ch, hidden, kernel, stride, bn_eps=bn_eps)]
+            layers = [ConvBNAct(in_ch, hidden, kernel, stride, **bn)]
             if se_ratio > 0:
                 layers.append(SqueezeExcite(hidden, squeeze))
-            layers.append(ConvBNAct(hidden, out_ch, 1, act=False, bn_eps=bn_eps))
+            layers.append(ConvBNAct(hidden, out_ch, 1, act=False, **bn))
         self.body = nn.Sequential(*layers)
 
 

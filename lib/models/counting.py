@@ -16,6 +16,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from .blocks import check_input_size
+
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -37,9 +39,7 @@ def _meta_forward(model: nn.Module, image_size: int, in_channels: int):
 
 def count_flops(model: nn.Module, image_size: int, in_channels: int = 3) -> int:
     """FLOPs (2 x multiply-adds of conv/linear layers) of one forward pass of one image."""
-    if int(image_size) < getattr(model, "min_input_size", 1):
-        raise ValueError(f"image size {image_size} is smaller than this model's minimum "
-                         f"{model.min_input_size} px")
+    check_input_size(model, image_size)
     counter = FlopCounterMode(display=False)
     with counter:
         _meta_forward(model, int(image_size), in_channels)

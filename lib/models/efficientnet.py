@@ -17,8 +17,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .blocks import BLOCKS, ConvBNAct, make_divisible
-from .trainer_api import TrainerAPI
+from .blocks import BLOCKS, BN_MOMENTUM, ConvBNAct, check_input_size, make_divisible, min_input_size
+from .regularization import ScheduledRegularization
 
 
 @dataclass(frozen=True)
@@ -190,22 +190,21 @@ def with_fused_stages(table: Sequence[Stage], fused: str | Iterable[int],
 
 # --------------------------------------------------------------------------- the network
 
-class EfficientNet(TrainerAPI, nn.Module):
+class EfficientNet(ScheduledRegularization, nn.Module):
     """Stem -> stages (from a table) -> head -> pool -> dropout -> linear.
 
     Stochastic depth grows linearly with the global block index i: rate * i / total_blocks.
-    ``stem_stride=1`` is the small-input stem (see ``build_efficientnet``).
-    ``min_input_size`` is total stride + 1, the smallest size whose last feature map is at least
-    2x2 (torchvision declares the same 33 px for V2): BatchNorm in training then sees more than
-    one value per channel even at batch size 1.
+    ``stem_stride=1`` is the small-input stem (see ``build_efficientnet``); ``min_input_size``
+    follows from the total stride (``blocks.min_input_size``).
     """
 
     def __init__(self, table: Sequence[Stage], num_classes: int, stem: int, head: int = 1280,
                  in_channels: int = 3, dropout: float = 0.2, drop_path_rate: float = 0.2,
-                 bn_eps: float = 1e-3, stem_stride: int = 2):
+                 bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM, stem_stride: int = 2):
         super().__init__()
         self.table = tuple(table)
-        self.stem = ConvBNAct(in_channels, stem, 3, stem_stride, bn_eps=bn_eps)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.stem = ConvBNAct(in_channels, stem, 3, stem_stride, **bn)
         total = sum(row.layers for row in table)
         channels, index, stages = stem, 0, []
         for row in table:
@@ -213,25 +212,24 @@ class EfficientNet(TrainerAPI, nn.Module):
             for j in range(row.layers):
                 blocks.append(BLOCKS[row.block](
                     channels, row.out, row.expand, row.kernel, row.stride if j == 0 else 1,
-                    row.se, depth_fraction=index / total, drop_path_rate=drop_path_rate,
-                    bn_eps=bn_eps))
+                    row.se, depth_fraction=index / total, drop_path_rate=drop_path_rate, **bn))
                 channels, index = row.out, index + 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.head = ConvBNAct(channels, head, 1, bn_eps=bn_eps)
+        self.head = ConvBNAct(channels, head, 1, **bn)
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True),
                                         nn.Linear(head, num_classes))
         self.in_channels, self.num_classes = in_channels, num_classes
         self.dropout, self.drop_path_rate = float(dropout), float(drop_path_rate)
         self.total_stride = stem_stride * math.prod(row.stride for row in table)
-        self.min_input_size = self.total_stride + 1
+        self.min_input_size = min_input_size(self.total_stride)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        check_input_size(self, min(x.shape[-2:]))
         return self.classifier(self.forward_features(x).mean((2, 3)))
 
 
@@ -256,12 +254,13 @@ def build_efficientnet(name: str, num_classes: int, in_channels: int = 3, *,
                        dropout: float | None = None, drop_path_rate: float | None = None,
                        width_mult: float | None = None, depth_mult: float | None = None,
                        fused_stages: str | Iterable[int] | None = None, small_input: bool = False,
-                       bn_eps: float | None = None) -> EfficientNet:
+                       bn_eps: float | None = None, bn_momentum: float | None = None) -> EfficientNet:
     """Build a named variant; every keyword overrides the variant's default.
 
     ``width_mult`` / ``depth_mult`` replace the variant's compound-scaling coefficients (1.0 for
     V2; e.g. 1.4 / 1.8 for B4) and scale stem, stages and head.
-    ``fused_stages`` re-fuses stages (see ``with_fused_stages``).
+    ``fused_stages`` re-fuses stages (see ``with_fused_stages``). ``bn_momentum`` is PyTorch's
+    (0.01 = TF's 0.99); runs of ~100 steps need ~0.1 for the running statistics to catch up.
 
     ``small_input=True`` sets the stem stride to 1, halving the total stride (32 -> 16), so that
     28-32 px images (Fashion-MNIST, CIFAR) keep a 2x2 last feature map and every layer's
@@ -284,7 +283,9 @@ def build_efficientnet(name: str, num_classes: int, in_channels: int = 3, *,
         head=make_divisible(v.head * width), in_channels=in_channels,
         dropout=v.dropout if dropout is None else dropout,
         drop_path_rate=v.drop_path_rate if drop_path_rate is None else drop_path_rate,
-        bn_eps=v.bn_eps if bn_eps is None else bn_eps, stem_stride=1 if small_input else 2)
+        bn_eps=v.bn_eps if bn_eps is None else bn_eps,
+        bn_momentum=BN_MOMENTUM if bn_momentum is None else bn_momentum,
+        stem_stride=1 if small_input else 2)
 
 
 # --------------------------------------------------------------------------- inspection

@@ -15,7 +15,8 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet as _TorchvisionResNet
 
-from .trainer_api import TrainerAPI
+from .blocks import check_input_size, min_input_size
+from .regularization import ScheduledRegularization
 
 # name -> (layers per stage, width_per_group)
 RESNETS = {
@@ -24,9 +25,9 @@ RESNETS = {
 }
 
 
-class ResNet(TrainerAPI, _TorchvisionResNet):
+class ResNet(ScheduledRegularization, _TorchvisionResNet):
     def __init__(self, layers, width_per_group: int, num_classes: int, in_channels: int = 3,
-                 small_input: bool = False, dropout: float = 0.0):
+                 small_input: bool = False, dropout: float = 0.0, bn_momentum: float | None = None):
         super().__init__(Bottleneck, layers, num_classes=num_classes,
                          width_per_group=width_per_group)
         if small_input or in_channels != 3:
@@ -40,20 +41,25 @@ class ResNet(TrainerAPI, _TorchvisionResNet):
         self.in_channels, self.num_classes = in_channels, num_classes
         self.dropout, self.drop_path_rate = float(dropout), 0.0
         self.total_stride = 8 if small_input else 32
-        self.min_input_size = self.total_stride + 1
+        self.min_input_size = min_input_size(self.total_stride)
+        if bn_momentum is not None:            # torchvision's default is PyTorch's 0.1
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = bn_momentum
 
     def forward(self, x):
-        self._check_input(x)
+        check_input_size(self, min(x.shape[-2:]))
         return super().forward(x)
 
 
 def build_resnet(name: str, num_classes: int, in_channels: int = 3, *, dropout: float = 0.0,
-                 drop_path_rate: float = 0.0, small_input: bool = False) -> ResNet:
+                 drop_path_rate: float = 0.0, small_input: bool = False,
+                 bn_momentum: float | None = None) -> ResNet:
     if name not in RESNETS:
         raise ValueError(f"unknown ResNet {name!r}; known: {sorted(RESNETS)}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     layers, width = RESNETS[name]
-    model = ResNet(layers, width, num_classes, in_channels, small_input, dropout)
+    model = ResNet(layers, width, num_classes, in_channels, small_input, dropout, bn_momentum)
     model.set_drop_path_rate(drop_path_rate)
     return model
