@@ -30,6 +30,7 @@ reproduce: setup
 	@mkdir -p $(RUN_DIR)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(DATASET), $(PROFILE)) -> $(RUN_DIR)/$$(basename $$nb)"; \
+	  EFFNETV2_MAKE="make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)" \
 	  $(PY) -m papermill -k $(KERNEL) --execution-timeout 7200 -f params/$(DATASET).yaml \
 	    -p profile $(PROFILE) -p figures_dir figures -p runs_dir runs $$nb $(RUN_DIR)/$$(basename $$nb) || exit 1; \
 	done

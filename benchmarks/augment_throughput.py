@@ -20,7 +20,7 @@ import torchvision
 from torchvision import transforms
 
 from lib.augment import RandAugment, random_crop_flip, resize
-from lib.notebook import REPO_ROOT
+from lib.runs import REPO_ROOT
 
 DATA_ROOT = REPO_ROOT / "data"
 PADDING = 2

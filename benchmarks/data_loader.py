@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from lib.data import DeviceLoader, load_dataset
-from lib.notebook import REPO_ROOT
+from lib.runs import REPO_ROOT
 
 
 def epoch_device_loader(ds, batch_size, device, mean, std):

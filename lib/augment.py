@@ -19,7 +19,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -558,22 +558,26 @@ def cutmix(images: Tensor, targets: Tensor, alpha: float, num_classes: int,
 class BatchAugmenter:
     """uint8 batch + labels -> (normalized float batch at `image_size`, soft targets).
 
-    Order: crop/flip and RandAugment at native resolution on uint8 values (cheap), resize, then
-    normalize, then mixup. `magnitude`, `mixup_alpha` and `image_size` are plain attributes that
-    the progressive trainer sets at each stage. num_ops=0 or padding=0 / flip=False switch parts off.
+    Order: crop/flip and RandAugment at native resolution on uint8 values (cheap), then
+    `preprocess(images, image_size)` (default: bilinear resize and the dataset's mean/std; a
+    pretrained model passes its weights' own transform), then mixup. `magnitude`, `mixup_alpha`
+    and `image_size` are plain attributes that the progressive trainer sets at each stage.
+    num_ops=0 or padding=0 / flip=False switch parts off.
     """
 
     def __init__(self, num_classes: int, image_size: int, mean: Sequence[float],
                  std: Sequence[float], magnitude: float = 9, num_ops: int = 2,
                  mixup_alpha: float = 0.0, padding: int = 4, flip: bool = True,
                  padding_mode: str = "zeros", num_magnitude_bins: int = 31,
-                 fill: float | Sequence[float] = 0):
+                 fill: float | Sequence[float] = 0,
+                 preprocess: Callable[[Tensor, int], Tensor] | None = None):
         self.num_classes = num_classes
         self.image_size = image_size
         self.mean, self.std = list(mean), list(std)
         self.randaugment = RandAugment(num_ops, magnitude, num_magnitude_bins, fill)
         self.mixup_alpha = mixup_alpha
         self.padding, self.flip, self.padding_mode = padding, flip, padding_mode
+        self.preprocess = preprocess or self._resize_and_normalize
         self._mean_std_on: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     @property
@@ -584,28 +588,25 @@ class BatchAugmenter:
     def magnitude(self, value: float) -> None:
         self.randaugment.magnitude = value
 
-    def _normalize(self, images: Tensor) -> Tensor:
-        # Cached per device: building them from Python lists on a GPU every batch would sync.
+    def _resize_and_normalize(self, images: Tensor, size: int) -> Tensor:
+        # mean/std cached per device: building them from Python lists on a GPU every batch would sync
         if images.device not in self._mean_std_on:
             self._mean_std_on[images.device] = (torch.tensor(self.mean, device=images.device),
                                                 torch.tensor(self.std, device=images.device))
-        return normalize(images, *self._mean_std_on[images.device])
+        return normalize(resize(images.float(), size), *self._mean_std_on[images.device])
 
     def __call__(self, images: Tensor, labels: Tensor,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         augmented = random_crop_flip(images, self.padding, generator, self.flip, self.padding_mode)
         if self.randaugment.num_ops > 0:
             augmented = self.randaugment(augmented, generator)
-        normalized = self._normalize(resize(augmented.float(), self.image_size))
+        normalized = self.preprocess(augmented, self.image_size)
         return mixup(normalized, labels, self.mixup_alpha, self.num_classes, generator)
 
     def eval_transform(self, images: Tensor) -> Tensor:
-        """Evaluation path: resize and normalize only."""
-        return self._normalize(resize(images.float(), self.image_size))
+        """Evaluation path: the same preprocessing, no augmentation."""
+        return self.preprocess(images, self.image_size)
 
     def __repr__(self) -> str:
         return (f"BatchAugmenter(image_size={self.image_size}, {self.randaugment}, "
                 f"mixup_alpha={self.mixup_alpha}, padding={self.padding}, flip={self.flip})")
-
-
-GpuAugment = BatchAugmenter  # the name used in the design notes

@@ -53,6 +53,11 @@ def teardown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
 def all_reduce_sum(t: torch.Tensor, ctx: Context) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(t)

@@ -1,24 +1,24 @@
 """What every numbered notebook does first and last: check its parameters, seed, find its folders.
 
 Papermill injects parameters as literals; this is where a bad value becomes a one-line error
-that names it, before any work starts, instead of a traceback deep inside training.
+that names it, before any work starts, instead of a traceback deep inside training. ``start``
+also records which notebook is running with which parameters, so every training run it makes
+names the command that produced it (``lib.runs.command``).
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import random
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import runs
 from .data import KNOWN_DATASETS
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ("smoke", "quick", "paper")
+from .profiles import PROFILES
 
 
 @dataclass
@@ -38,33 +38,33 @@ class NotebookRun:
         return path
 
     def write_json(self, name: str, payload: dict) -> Path:
-        """Write ``payload`` next to the figures, with the parameters that produced it."""
+        """Write ``payload`` next to the figures, with the parameters and machine that produced it."""
         path = self.out / name
-        record = {"parameters": {k: str(v) for k, v in asdict(self).items()},
-                  "environment": environment(), **payload}
-        tmp = path.with_suffix(path.suffix + ".partial")
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        parameters = {k: runs.display_path(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        runs.write_json(path, {"parameters": parameters, "command": runs.command(),
+                               "environment": runs.environment(), **payload})
         return path
 
 
-def start(notebook: str, dataset: str, profile: str, seed: int = 0,
-          figures_dir: str = "figures", data_root: str = "data", runs_dir: str = "runs") -> NotebookRun:
-    """Validate a notebook's parameters, fix the seeds and make its output folder."""
+def start(notebook: str, dataset: str, profile: str, seed: int = 0, figures_dir: str = "figures",
+          data_root: str = "data", runs_dir: str = "runs") -> NotebookRun:
+    """Validate a notebook's parameters, fix the seeds, make its output folder, record its command."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
     key = str(dataset).lower().replace("-", "_")
-    if key not in KNOWN_DATASETS and not _resolve(data_root).joinpath(dataset).is_dir() \
+    if key not in KNOWN_DATASETS and not runs.resolve(data_root).joinpath(dataset).is_dir() \
             and not Path(dataset).is_dir():
         raise ValueError(f"unknown dataset {dataset!r}: known ones are {', '.join(KNOWN_DATASETS)}, "
                          f"or the path of an image folder")
-    if not isinstance(seed, int) or seed < 0:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed_everything(seed)
-    out = _resolve(figures_dir) / Path(key).name
+    out = runs.resolve(figures_dir) / Path(key).name
     out.mkdir(parents=True, exist_ok=True)
-    runs = _resolve(runs_dir) / Path(key).name / profile
-    return NotebookRun(notebook, key, profile, seed, _resolve(data_root), out, runs)
+    os.environ[runs.NOTEBOOK_ENV] = shlex.join(
+        [f"notebooks/{notebook}.ipynb", "-p", "dataset", key, "-p", "profile", profile, "-p", "seed", str(seed)])
+    return NotebookRun(notebook, key, profile, seed, runs.resolve(data_root), out,
+                       runs.resolve(runs_dir) / Path(key).name / profile)
 
 
 def seed_everything(seed: int) -> None:
@@ -73,26 +73,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def environment() -> dict:
-    """Hardware and software versions, recorded with every result."""
-    import torchvision
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "device": device,
-            "cpu_count": os.cpu_count(), "platform": platform.platform()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _resolve(path: str | os.PathLike) -> Path:
-    """Relative paths are relative to the repository, wherever the kernel was started."""
-    p = Path(path)
-    return p if p.is_absolute() else REPO_ROOT / p
+def transfer_targets(dataset: str, transfer_datasets) -> list[str]:
+    """The datasets to transfer to: ``transfer_datasets``, with ``dataset`` first when it is one of
+    them (so ``-p dataset cifar10`` leads with CIFAR-10; Fashion-MNIST changes nothing)."""
+    if isinstance(transfer_datasets, str):
+        transfer_datasets = [transfer_datasets]
+    if not transfer_datasets:
+        raise ValueError(f"transfer_datasets is empty: name at least one of {', '.join(KNOWN_DATASETS)}")
+    spelled = {name.replace("_", ""): name for name in KNOWN_DATASETS}      # CIFAR-100, cifar_100, ...
+    targets = [spelled.get(str(t).lower().replace("-", "").replace("_", ""), str(t)) for t in transfer_datasets]
+    unknown = [t for t in targets if t not in KNOWN_DATASETS]
+    if unknown:
+        raise ValueError(f"unknown transfer dataset(s) {unknown}: choose from {', '.join(KNOWN_DATASETS)}")
+    targets = list(dict.fromkeys(targets))
+    return sorted(targets, key=lambda t: t != dataset)

@@ -1,86 +1,204 @@
-"""Training configurations: one dataclass, three named profiles, per-dataset overrides.
+"""Training settings: one dataclass, checked in one place, and one table of named profiles.
 
 A profile is a dict of plain literals (what papermill, YAML and the command line can carry):
-``smoke`` runs in seconds for CI, ``quick`` is a real Fashion-MNIST run of minutes on a laptop
-CPU, ``paper`` is the coursework's recipe (V2-S on Fashion-MNIST, V2-M on CIFAR-10) for a GPU.
+``smoke`` runs in seconds for CI, ``quick`` is a real run of minutes on a laptop CPU, ``laptop``
+is the best hour a 2-core CPU can give, ``paper`` is the coursework's recipe for a GPU. Each
+profile also holds its per-dataset differences (``datasets``) and what every notebook's
+experiments train at that budget (``studies``), so a budget lives here and nowhere else.
+
+``config_for(profile, dataset, study=None, **overrides)`` layers them, nested dicts merging key by
+key (see ``merge``), and returns a checked ``TrainConfig``.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import dataclass, field, fields
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULERS = ("exponential", "cosine", "plateau", "none")
+TRAINABLE_HELP = "'all', 'head' (classifier only) or 'last_stages:N' (the last N stages + head)"
 
+
+# ---------------------------------------------------------------- declaring a setting's range
+
+def setting(default, check=None, *, safe: bool = False, factory=None):
+    """A dataclass field with a range check and a resume rule.
+
+    ``check(name, value)`` returns the whole one-line complaint, or None when the value is fine.
+    ``safe=True`` marks a setting that may differ when a run is resumed and that does not make
+    it another run (where the data lives, how many checkpoints to keep, the device).
+    """
+    metadata = {"check": check, "safe": safe}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def positive(name, value):
+    if value > 0:
+        return None
+    return f"{name} must be a positive {'integer' if isinstance(value, int) else 'number'}, got {value!r}"
+
+
+def non_negative(name, value):
+    return None if value >= 0 else f"{name} must be >= 0, got {value!r}"
+
+
+def fraction(name, value):
+    return None if 0 <= value < 1 else f"{name} must be in [0, 1), got {value!r}"
+
+
+def one_of(*choices):
+    def check(name, value):
+        return None if value in choices else f"unknown {name} {value!r}: choose one of {', '.join(map(str, choices))}"
+    return check
+
+
+def trainable_spec(name, value):
+    key = str(value).strip().lower()
+    if key in ("all", "head") or (key.startswith("last_stages:") and key.split(":", 1)[1].isdigit()):
+        return None
+    return f"unknown {name} setting {value!r}: choose {TRAINABLE_HELP}"
+
+
+# ---------------------------------------------------------------- the settings
 
 @dataclass
 class TrainConfig:
+    # what to train
     dataset: str = "fashion_mnist"
     model: str = "efficientnetv2_s"
-    model_overrides: dict = field(default_factory=dict)   # build_model(**overrides)
-    epochs: int = 10
-    batch_size: int = 128               # global batch; split across processes under torchrun
-    eval_batch_size: int = 500
-    optimizer: str = "adam"             # coursework: Adam lr 1e-3
-    lr: float = 1e-3
-    momentum: float = 0.9               # sgd / rmsprop
-    scheduler: str = "exponential"      # coursework: ExponentialLR(gamma=0.99), stepped per epoch
-    gamma: float = 0.99
-    label_smoothing: float = 0.1
-    schedule: dict = field(default_factory=lambda: {"num_stages": 1, "size": [28, 28]})
-    randaug_ops: int = 2
-    crop_padding: int = 2
+    model_overrides: dict = setting(None, factory=dict)        # build_model(**overrides)
+    pretrained: str | None = None        # torchvision weights ("DEFAULT", "IMAGENET1K_V1", ...) or a run/checkpoint of ours
+    trainable: str = setting("all", trainable_spec)             # what learns; the rest is frozen
+    frozen_bn_eval: bool = True          # frozen parts compute what they compute at evaluation (BatchNorm included)
+    preprocessing: str = setting("auto", one_of("auto", "dataset", "weights"))   # auto: the weights' own when pretrained
+    # how long and how much at once
+    epochs: int = setting(10, positive)
+    batch_size: int = setting(128, positive)    # global batch; split across processes under torchrun
+    eval_batch_size: int = setting(500, positive, safe=True)
+    # optimization
+    optimizer: str = setting("adam", one_of(*OPTIMIZERS))      # coursework: Adam lr 1e-3
+    lr: float = setting(1e-3, positive)
+    momentum: float = setting(0.9, fraction)                    # sgd / rmsprop
+    scheduler: str = setting("exponential", one_of(*SCHEDULERS))   # coursework: ExponentialLR(0.99) per epoch
+    gamma: float = setting(0.99, positive)                      # exponential decay per epoch
+    warmup_epochs: float = setting(0.0, non_negative)           # linear warm-up, in (fractional) epochs
+    label_smoothing: float = setting(0.1, fraction)
+    # progressive learning and augmentation
+    schedule: dict = setting(None, factory=lambda: {"num_stages": 1, "size": [28, 28]})
+    randaug_ops: int = setting(2, non_negative)
+    crop_padding: int = setting(2, non_negative)
+    crop_mode: str = setting("zeros", one_of("zeros", "reflect"))
     flip: bool = True
-    ema_decay: float = 0.0              # 0: no EMA of weights
-    tta_flip: bool = False              # test-time flip augmentation for the final test number
-    amp: bool = True                    # bf16 autocast, CUDA only
-    channels_last: bool = True          # CUDA, and CPU too (mkldnn: 1.8x faster training steps here)
-    compile: bool = False               # torch.compile: one recompile per stage (new image size)
-    sync_bn: bool = True                # under torchrun
-    bn_momentum: float | None = None    # None: the model's (0.01 = TF's 0.99); 0.1 for runs of ~100 steps,
-                                        # whose running statistics would otherwise still be near their init
-    seed: int = 0
-    val_fraction: float = 0.1
-    limit: int | None = None            # images per split (smoke runs)
-    data_root: str = "data"
-    keep_checkpoints: int = 2
-    max_steps: int | None = None        # stop after this many optimizer steps (tests)
-    device: str = "auto"
+    ema_decay: float = setting(0.0, fraction)                   # 0: no EMA of weights
+    tta_flip: bool = False               # test-time flip augmentation for the final test number
+    # speed (none of these changes what is learned)
+    amp: bool = True                     # bf16 autocast, CUDA only
+    channels_last: bool = True           # CUDA, and CPU too (mkldnn convolutions)
+    compile: bool = False                # torch.compile: one compilation per stage (new image size)
+    sync_bn: bool = True                 # under torchrun
+    # data and bookkeeping
+    profile: str = setting("", safe=True)                     # the named profile these settings started from
+    seed: int = setting(0, non_negative)
+    val_fraction: float = setting(0.1, fraction)
+    limit: int | None = setting(None, positive)                # images per split (smoke runs)
+    data_root: str = setting("data", safe=True)
+    download: bool = setting(True, safe=True)                  # data and pretrained weights, when missing
+    keep_checkpoints: int = setting(2, positive, safe=True)
+    max_steps: int | None = setting(None, positive)            # stop after this many optimizer steps (tests)
+    device: str = setting("auto", one_of("auto", "cpu", "cuda"), safe=True)
 
     def validate(self) -> "TrainConfig":
-        """One-line errors for every bad value, before anything is built or loaded."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema_decay < 1:
-            raise ValueError("label_smoothing and ema_decay must be in [0, 1)")
-        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        """Every field's type (from its annotation) and range, in place; one-line ValueErrors.
+
+        Numbers may arrive as text (YAML reads ``1e-3`` as a string): those become numbers.
+        """
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            check = f.metadata.get("check")
+            problem = check(f.name, value) if check is not None and value is not None else None
+            if problem:
+                raise ValueError(problem)
+            setattr(self, f.name, value)
         return self
 
+    def identity(self) -> dict:
+        """The settings that decide what a run computes (all but the ``safe`` ones), as JSON values."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("safe")}
 
-# Shared by all profiles unless overridden.
+
+def safe_settings() -> set[str]:
+    """Settings that may change on resume (and do not name a different run)."""
+    return {f.name for f in fields(TrainConfig) if f.metadata.get("safe")}
+
+
+def _coerce(name: str, value, annotation):
+    """``value`` as the annotated type: exact types, numbers from text, ints from whole floats."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"{name} must be {_describe(options)}, got None")
+    for kind in (t for t in options if t is not type(None)):
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+        elif kind in (int, float):
+            number = _number(value)
+            if number is not None and (kind is float or number.is_integer()):
+                return kind(number)
+        elif isinstance(value, kind):
+            return value
+    raise ValueError(f"{name} must be {_describe(options)}, got {value!r}")
+
+
+def _number(value) -> float | None:
+    """A number from an int, a float or text such as "1e-3"; None for anything else (booleans too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _describe(options) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", dict: "a mapping"}
+    return " or ".join(names.get(t, "null") if t is not type(None) else "null" for t in options)
+
+
+# ---------------------------------------------------------------- the profiles
+
+NATIVE_SIZE = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+# CIFAR images are 32 px RGB: the CPU profiles train them at 24 -> 32 px with 4 px crops.
+_CIFAR_ON_CPU = {"image_size": [24, 32], "crop_padding": 4}
 _TINY_V2 = {"width_mult": 0.25, "depth_mult": 0.1, "small_input": True}
 
 PROFILES: dict[str, dict] = {
     "smoke": {
         "model": "efficientnetv2_s", "model_overrides": _TINY_V2, "epochs": 2, "batch_size": 64,
-        "limit": 256, "eval_batch_size": 256, "keep_checkpoints": 1,
+        "limit": 256, "eval_batch_size": 256, "keep_checkpoints": 1, "download": False,
         "schedule": {"num_stages": 2, "size": [20, 28], "randaug_magnitude": [5, 10],
                      "mixup_alpha": [0, 0.2], "dropout": [0.1, 0.2], "drop_path": [0, 0.1],
                      "weight_decay": [0, 1e-5]},
+        "datasets": {"cifar10": _CIFAR_ON_CPU, "cifar100": _CIFAR_ON_CPU},
+        "studies": {
+            "baselines": {"models": ["resnet50"], "seeds": [0],
+                          "train": {"limit": 32, "epochs": 1, "batch_size": 16, "image_size": 36}},
+            "ablations": {"seeds": [0],
+                          "train": {"limit": 32, "epochs": 1, "batch_size": 16,
+                                    "model_overrides": {"width_mult": 0.25, "depth_mult": 0.5}}},
+            "transfer": {"train": {"model": "efficientnet_b0", "limit": 128, "batch_size": 32, "image_size": 64},
+                         "modes": {"head": {"epochs": 1, "lr": 3e-3}, "all": {"epochs": 1, "lr": 3e-4}}},
+        },
     },
     "quick": {
-        # Measured on a 2-core CPU: 10 epochs gave 90.2% test accuracy in 6 minutes (bs 256,
-        # 1.3-1.8k images/s); 13 epochs keep the run under the 10-minute bar with more margin on 90%.
         "model": "efficientnetv2_s",
         "model_overrides": {"width_mult": 0.35, "depth_mult": 0.2, "small_input": True},
         "epochs": 13, "batch_size": 256, "optimizer": "adam", "lr": 3e-3, "scheduler": "cosine",
@@ -88,6 +206,17 @@ PROFILES: dict[str, dict] = {
         "schedule": {"num_stages": 3, "size": [20, 28], "randaug_magnitude": [1, 5],
                      "mixup_alpha": [0, 0], "dropout": [0.0, 0.1], "drop_path": [0, 0.05],
                      "weight_decay": [0, 0]},
+        "datasets": {"cifar10": _CIFAR_ON_CPU, "cifar100": _CIFAR_ON_CPU},
+        "studies": {
+            "baselines": {"models": ["resnet50"], "seeds": [0],
+                          "train": {"limit": 1000, "epochs": 6, "batch_size": 64, "image_size": 36}},
+            "ablations": {"seeds": [0],
+                          "train": {"limit": 4000, "epochs": 4, "batch_size": 128,
+                                    "model_overrides": {"width_mult": 0.25, "depth_mult": 0.5,
+                                                        "bn_momentum": 0.1}}},
+            "transfer": {"train": {"model": "efficientnet_b0", "limit": 2000, "batch_size": 64, "image_size": 128},
+                         "modes": {"head": {"epochs": 3, "lr": 3e-3}, "all": {"epochs": 2, "lr": 3e-4}}},
+        },
     },
     "paper": {
         # The coursework's recipe, verbatim: its phase tables and static settings. Its first phase
@@ -97,33 +226,123 @@ PROFILES: dict[str, dict] = {
         "scheduler": "exponential", "gamma": 0.99, "label_smoothing": 0.1, "compile": True,
         "schedule": {"coursework": "fashion_mnist"},
         "datasets": {
-            "cifar10": {"model": "efficientnetv2_m", "model_overrides": {}, "epochs": 60,
-                        "schedule": {"coursework": "cifar10"}, "crop_padding": 4},
+            "cifar10": {"model": "efficientnetv2_m", "model_overrides": {"small_input": False},
+                        "epochs": 60, "schedule": {"coursework": "cifar10"}, "crop_padding": 4},
+        },
+        "studies": {
+            "baselines": {"models": ["resnet50", "wide_resnet101_2"], "seeds": [0, 1, 2],
+                          "train": {"epochs": 50, "batch_size": 128, "image_size": 64}},
+            "ablations": {"seeds": [0, 1, 2], "train": {"epochs": 30, "batch_size": 128}},
+            "transfer": {"train": {"model": "efficientnetv2_s", "batch_size": 128, "image_size": 384},
+                         "modes": {"head": {"epochs": 5, "lr": 3e-3}, "all": {"epochs": 10, "lr": 1e-4}}},
         },
     },
 }
 
-# CIFAR images are 32 px RGB: the CPU profiles train at 24 -> 32 px with reflect-free zero padding.
-_CIFAR = {"schedule_size": [24, 32], "crop_padding": 4}
+# What every study trains on top of its profile, whatever the budget (the budget is in PROFILES).
+STUDY_SETTINGS: dict[str, dict] = {
+    # notebook 02: the coursework's Adam + label smoothing, one image size, no EMA or TTA
+    "baselines": {"model_overrides": {"small_input": None, "width_mult": None, "depth_mult": None},
+                  "scheduler": "exponential", "optimizer": "adam", "lr": 1e-3, "ema_decay": 0.0,
+                  "tta_flip": False,
+                  "schedule": {"num_stages": 1, "size": [36, 36], "randaug_magnitude": 0, "mixup_alpha": 0,
+                               "dropout": 0, "drop_path": 0, "weight_decay": 0}},
+    # notebook 05: a scaled-down V2-S with V2-S's own regularization at one image size
+    "ablations": {"model": "efficientnetv2_s", "model_overrides": {"small_input": True},
+                  "scheduler": "cosine", "lr": 2e-3, "randaug_ops": 1, "ema_decay": 0.0, "tta_flip": False,
+                  "image_size": "native",
+                  "schedule": {"num_stages": 1, "size": [28, 28], "randaug_magnitude": 5, "mixup_alpha": 0,
+                               "dropout": 0.2, "drop_path": 0.2, "weight_decay": 0}},
+    # notebook 06: pretrained weights, AdamW with warm-up and cosine decay, the weights' preprocessing
+    "transfer": {"pretrained": "DEFAULT", "model_overrides": {"small_input": None, "width_mult": None,
+                                                              "depth_mult": None},
+                 "optimizer": "adamw", "scheduler": "cosine", "warmup_epochs": 0.1, "label_smoothing": 0.1, "randaug_ops": 0, "crop_padding": 4,
+                 "crop_mode": "reflect", "ema_decay": 0.0, "tta_flip": False, "preprocessing": "weights",
+                 "schedule": {"num_stages": 1, "size": [224, 224], "randaug_magnitude": 0, "mixup_alpha": 0,
+                              "dropout": 0.2, "drop_path": 0.2, "weight_decay": 0.05}},
+}
 
 
-def config_for(profile: str, dataset: str, **overrides) -> TrainConfig:
-    """The profile's settings for ``dataset``, then ``overrides`` (from papermill or the CLI)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+def study(profile: str, name: str) -> dict:
+    """A notebook study's plan at ``profile``: its budget (``train``) plus what it loops over
+    (``seeds``, ``models``, ``modes``, ...), as plain values."""
+    _check_name("profile", profile, PROFILES)
+    studies = PROFILES[profile].get("studies", {})
+    _check_name(f"study of the {profile} profile", name, studies)
+    return copy.deepcopy(studies[name])
+
+
+def config_for(profile: str, dataset: str, study_name: str | None = None, *, whole: dict | None = None,
+               **overrides) -> TrainConfig:
+    """The settings of ``profile`` for ``dataset`` (and a notebook's study), then ``overrides``.
+
+    Layers, each merged into the ones before (``merge``): the profile; its entry for ``dataset``;
+    the study's shared settings; the study's budget at this profile; ``overrides`` (notebooks).
+    ``whole`` holds settings that replace the result's instead of merging (the command line's
+    ``--set key=value``). Any layer may give ``image_size`` (one size, ``[first, last]``, or
+    "native": the dataset's own), which edits only the sizes of the schedule that results.
+    """
+    _check_name("profile", profile, PROFILES)
     settings = copy.deepcopy(PROFILES[profile])
     per_dataset = settings.pop("datasets", {})
-    if dataset.startswith("cifar") and profile != "paper":
-        settings["schedule"]["size"] = list(_CIFAR["schedule_size"])
-        settings["crop_padding"] = _CIFAR["crop_padding"]
-    settings.update(copy.deepcopy(per_dataset.get(dataset, {})))
-    settings.update(dataset=dataset, **overrides)
+    settings.pop("studies", None)
+    layers = [per_dataset.get(dataset, {})]
+    if study_name is not None:
+        layers += [STUDY_SETTINGS.get(study_name, {}), study(profile, study_name).get("train", {})]
+    for layer in (*layers, {"dataset": dataset, "profile": profile, **overrides}):
+        merge(settings, layer)
+    settings.update(copy.deepcopy(whole or {}))
+    if "image_size" in settings:
+        _set_image_size(settings, settings.pop("image_size"), dataset)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; known: {', '.join(sorted(known))}")
+        raise ValueError(f"unknown setting(s) {unknown}; known: {', '.join(sorted(known))}, image_size")
     return TrainConfig(**settings).validate()
 
 
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)
+def merge(base: dict, override: dict) -> dict:
+    """Merge ``override`` into ``base`` in place and return it.
+
+    Nested dicts merge key by key, so ``{"model_overrides": {"width_mult": 0.5}}`` changes one
+    setting and keeps the rest; ``None`` inside a nested dict removes that key (back to the
+    builder's default). A schedule is the exception that reads naturally: one that names its
+    sizes (``size``, ``phases`` or ``coursework``) is a whole schedule and replaces the base's;
+    one of regularizer values only (``{"dropout": 0.6}``) edits the base's.
+    """
+    for key, value in override.items():
+        old = base.get(key)
+        if key == "schedule" and isinstance(value, dict) and _is_whole_schedule(value):
+            base[key] = copy.deepcopy(value)
+        elif isinstance(old, dict) and isinstance(value, dict):
+            merge(old, value)
+            for k in [k for k, v in old.items() if v is None]:
+                del old[k]
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _is_whole_schedule(spec: dict) -> bool:
+    return any(k in spec for k in ("size", "phases", "coursework"))
+
+
+def _set_image_size(settings: dict, size, dataset: str) -> None:
+    if size == "native":
+        size = NATIVE_SIZE.get(dataset)
+        if size is None:
+            return                      # an image folder: keep the schedule's sizes
+    schedule = settings.get("schedule", {})
+    if "size" not in schedule:
+        raise ValueError("image_size edits Algorithm-1 schedules (with 'size'); this schedule is a phase "
+                         "table: give the sizes in its phases")
+    schedule["size"] = list(size) if isinstance(size, (list, tuple)) else [size, size]
+
+
+def _check_name(what: str, name: str, table: dict) -> None:
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}: choose one of {', '.join(table)}")
+
+
+__all__ = ["TrainConfig", "PROFILES", "STUDY_SETTINGS", "config_for", "study", "merge", "safe_settings",
+           "OPTIMIZERS", "SCHEDULERS", "TRAINABLE_HELP"]

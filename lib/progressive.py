@@ -56,12 +56,6 @@ class Schedule(list):
     def describe(self) -> str:
         return "\n".join(s.describe() for s in self)
 
-    def check_image_sizes(self, min_size: int, model_name: str = "the model") -> None:
-        too_small = [s for s in self if s.image_size < min_size]
-        if too_small:
-            raise ValueError(f"image size {too_small[0].image_size}px in stage {too_small[0].index} is below "
-                             f"{model_name}'s minimum of {min_size}px (use small_input=True or larger sizes)")
-
 
 def algorithm1(epochs: int, num_stages: int, size: tuple[int, int], *,
                randaug_magnitude: tuple[float, float] = (0, 0), mixup_alpha: tuple[float, float] = (0, 0),

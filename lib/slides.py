@@ -35,7 +35,8 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .runs import REPO_ROOT
+
 VENDOR_CACHE = REPO_ROOT / "build" / "vendor"
 
 # npm package -> pinned version. reveal.js 4.x keeps the layout nbconvert's template expects:

@@ -1,26 +1,28 @@
-"""The training loop: progressive learning with checkpoints you can trust.
+"""The training loop, one for everything: from scratch, fine-tuning, progressive learning.
 
     python -m lib.train --dataset fashion_mnist --profile quick --out runs/fmnist-quick
     torchrun --nproc_per_node 2 -m lib.train --dataset fashion_mnist --profile quick --out runs/ddp
 
-Every epoch writes ``metrics.csv``/``history.json`` and an atomic checkpoint (the last K are
-kept); ``--resume`` continues mid-schedule in the right stage, bit-for-bit on deterministic
-settings because every epoch's randomness is seeded from (seed, epoch). A NaN/inf loss stops the
-run and keeps the last good checkpoint. The run ends with one hold-out test evaluation written to
-``metrics.json`` (``test_accuracy`` in 0-1, ``wall_seconds``) next to ``config.json``.
+Read ``train`` top to bottom: check the folder, load the data, build the model and everything
+that updates it, restore or start, then per epoch apply the stage (paper Algorithm 1), train,
+evaluate and record; finish with one hold-out test evaluation. Fine-tuning is configuration
+(``pretrained``, ``trainable``, ``preprocessing``), not a second loop. Every epoch writes
+``metrics.csv``/``history.json`` and an atomic checkpoint; ``--resume`` continues mid-schedule,
+bit-for-bit on deterministic settings (``epoch_generator``). A NaN/inf loss stops the run and
+keeps the last good checkpoint. ``metrics.json`` (``test_accuracy`` in 0-1, ``wall_seconds``) is
+written last, next to ``config.json``; the folder's rules are ``lib/runs.py``'s.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
-import shutil
+import re
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,24 +32,20 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .augment import BatchAugmenter
-from .data import DatasetError, DeviceLoader, load_dataset
-from .models import build_model, count_parameters
-from .notebook import REPO_ROOT, environment
-from .profiles import TrainConfig, config_for
-from .progressive import Schedule, schedule_from_spec
-
-CHECKPOINT_DIR = "checkpoints"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on; the message says why and what to do."""
+from .data import Dataset, DatasetError, DeviceLoader, load_dataset
+from .models import build_model, check_input_size, count_parameters
+from .optim import LearningRate, make_optimizer, set_weight_decay
+from .profiles import TrainConfig, config_for, safe_settings
+from .progressive import Schedule, Stage, schedule_from_spec
+from .runs import RunFolder, RunFolderError, TrainingError, command, display_path, environment, resolve, settings_key
+from .transfer import WeightsUnavailable, freeze_backbone, is_weights_name, load_pretrained, pretrained_transforms
 
 
 class Diverged(TrainingError):
-    pass
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
 
 
-# ---------------------------------------------------------------- pieces
+# ---------------------------------------------------------------- pieces the loop uses
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Cross-entropy against soft targets (mixup) with label smoothing, averaged over the batch."""
@@ -56,43 +54,24 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: f
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Two groups: weight decay (scheduled per stage) on conv/linear weights, none on BN and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": 0.0, "scheduled_decay": True},
-              {"params": no_decay, "weight_decay": 0.0, "scheduled_decay": False}]
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum, alpha=0.9, eps=1e-3)
-
-
-def make_scheduler(optimizer, config: TrainConfig):
-    if config.scheduler == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
-    if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if config.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
-    return None
-
-
-def apply_stage(stage, model: nn.Module, optimizer, augmenter: BatchAugmenter) -> None:
+def apply_stage(stage: Stage, model: nn.Module, optimizer, augmenter: BatchAugmenter) -> None:
     """Set every scheduled value of Algorithm 1 for this stage, without rebuilding anything."""
     model.set_dropout(stage.dropout)
     model.set_drop_path_rate(stage.drop_path)
-    for group in optimizer.param_groups:
-        if group.get("scheduled_decay"):
-            group["weight_decay"] = stage.weight_decay
+    set_weight_decay(optimizer, stage.weight_decay)
     augmenter.image_size = stage.image_size
     augmenter.magnitude = stage.randaug_magnitude
     augmenter.mixup_alpha = stage.mixup_alpha
+
+
+def epoch_generator(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
+    """The one seeding rule: epoch ``epoch`` of process ``rank`` draws from (seed, epoch, rank) only.
+
+    It seeds torch's global generator (dropout, stochastic depth) and returns the augmentation
+    generator on the device, so a resumed run replays every later epoch exactly.
+    """
+    torch.manual_seed(seed * 1_000_003 + epoch * 101 + rank)
+    return torch.Generator(device=device).manual_seed(seed * 7_919 + epoch * 31 + rank)
 
 
 @torch.no_grad()
@@ -121,314 +100,392 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def model_signature(config: TrainConfig, num_classes: int, in_channels: int, num_params: int) -> dict:
-    return {"model": config.model, "overrides": config.model_overrides, "num_classes": num_classes,
-            "in_channels": in_channels, "num_params": num_params}
+def uses_weights_preprocessing(config: TrainConfig) -> bool:
+    """'auto' means: the pretrained weights' own preprocessing when they are torchvision's."""
+    if config.preprocessing == "auto":
+        return bool(config.pretrained) and is_weights_name(config.pretrained)
+    return config.preprocessing == "weights"
 
 
-# ---------------------------------------------------------------- checkpoints and outputs
+@dataclass
+class Training:
+    """Everything one run builds before its first step, and where it is."""
+    config: TrainConfig
+    schedule: Schedule
+    ctx: distributed.Context
+    data: Dataset
+    model: nn.Module                    # the plain model: checkpoints, evaluation
+    step_model: nn.Module               # what a step calls: DDP- and/or compile-wrapped
+    optimizer: torch.optim.Optimizer
+    lr: LearningRate
+    ema: torch.optim.swa_utils.AveragedModel | None
+    augmenter: BatchAugmenter
+    train_loader: DeviceLoader
+    val_loader: DeviceLoader
+    autocast: object
+    signature: dict
+    notes: dict = field(default_factory=dict)   # what was loaded and frozen, for config.json
+    history: list = field(default_factory=list)
+    epoch: int = 0                      # the next epoch to train
+    steps: int = 0                      # optimizer steps taken
+    aside: bool = False                 # an old run waits in .replaced/ for our first checkpoint
+    started: float = field(default_factory=time.perf_counter)
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, payload) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(payload, indent=2, default=str) + "\n"))
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    def write(p):
-        with open(p, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    if rows:
-        _atomic_write(path, write)
-
-
-def checkpoints(out: Path) -> list[Path]:
-    return sorted((out / CHECKPOINT_DIR).glob("epoch_*.pt"))
-
-
-def save_checkpoint(out: Path, state: dict, keep: int) -> Path:
-    folder = out / CHECKPOINT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"epoch_{state['epoch']:04d}.pt"
-    _atomic_write(path, lambda p: torch.save(state, p))
-    for old in checkpoints(out)[:-keep]:
-        old.unlink()
-    return path
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber a run; return the checkpoint to resume from, if any."""
-    finished = (out / "metrics.json").exists()
-    found = checkpoints(out)
-    if overwrite:
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        for name in ("metrics.json", "metrics.csv", "history.json", "model.pt"):
-            (out / name).unlink(missing_ok=True)
-        return None
-    if finished and not resume:
-        raise TrainingError(f"{out} holds a finished run (metrics.json); pass --overwrite to replace it "
-                            f"or choose another --out")
-    if finished and resume:
-        raise TrainingError(f"{out} is already finished; nothing to resume (--overwrite starts again)")
-    if found and not resume:
-        raise TrainingError(f"{out} holds an unfinished run ({found[-1].name}); pass --resume to continue "
-                            f"it or --overwrite to start again")
-    if resume and not found:
-        raise TrainingError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
-    return found[-1] if resume else None
-
-
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the run, step by step
 
 def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
           progress: bool = True, log=print) -> dict:
     """Train ``config`` into folder ``out`` and return the final metrics (also in metrics.json)."""
+    started = time.perf_counter()
     config.validate()
-    schedule: Schedule = schedule_from_spec(config.schedule, config.epochs)
-    out = Path(out)
+    schedule = schedule_from_spec(config.schedule, config.epochs)
+    folder = RunFolder(out)
     ctx = distributed.setup(config.device)
+    log = log if ctx.is_main else (lambda *a, **k: None)
+    t = None
     try:
-        return _train(config, schedule, out, ctx, resume, overwrite, progress and ctx.is_main,
-                      log if ctx.is_main else (lambda *a, **k: None))
+        if ctx.is_main:
+            folder.check(resume=resume, overwrite=overwrite)          # refusals come before any work
+        distributed.barrier(ctx)
+        with folder.lock() if ctx.is_main else contextlib.nullcontext():
+            data = load_data(config, ctx)
+            t = build(config, schedule, data, ctx)
+            t.started = started
+            if resume:
+                restore(t, folder, log)
+            elif ctx.is_main:
+                start_fresh(t, folder, overwrite, log)
+            current = None
+            for epoch in range(t.epoch, config.epochs):
+                stage = schedule.stage_at(epoch)
+                apply_stage(stage, t.model, t.optimizer, t.augmenter)
+                if stage is not current:
+                    log(f"-- {stage.describe()}")
+                    current = stage
+                row = train_one_epoch(t, stage, epoch, folder, progress)
+                end_epoch(t, folder, stage, epoch, row, log)
+                if config.max_steps is not None and t.steps >= config.max_steps:
+                    break
+            return finish(t, folder, started, log)
+    except BaseException:
+        if t is not None and t.aside and folder.recover():
+            log(f"the new run stopped before its first checkpoint: the previous run in {folder.path} is back")
+        raise
     finally:
         distributed.teardown(ctx)
 
 
-def _train(config, schedule, out, ctx, resume, overwrite, progress, log) -> dict:
-    started = time.perf_counter()
-    device = ctx.device
-    resume_from = prepare_output(out, resume, overwrite)
-    if config.batch_size % ctx.world_size:
-        raise TrainingError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} processes")
+def load_data(config: TrainConfig, ctx: distributed.Context) -> Dataset:
+    """The dataset's splits as uint8 tensors on the training device (labels checked at load)."""
+    return load_dataset(config.dataset, resolve(config.data_root), val_fraction=config.val_fraction,
+                        seed=config.seed, device=ctx.device, limit=config.limit, download=config.download)
 
-    root = Path(config.data_root)
-    ds = load_dataset(config.dataset, root if root.is_absolute() else REPO_ROOT / root,
-                      val_fraction=config.val_fraction, seed=config.seed, device=device, limit=config.limit)
+
+def build_network(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distributed.Context) -> tuple[nn.Module, dict]:
+    """The model, pretrained and frozen as configured, on the device; every stage's image size
+    checked against it. Returns the model and what was loaded and frozen (for config.json)."""
+    notes = {}
     torch.manual_seed(config.seed)
-    model = build_model(config.model, ds.num_classes, ds.in_channels, **config.model_overrides)
-    schedule.check_image_sizes(model.min_input_size, config.model)
-    if config.bn_momentum is not None:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.momentum = config.bn_momentum
-    num_params = count_parameters(model)
-    signature = model_signature(config, ds.num_classes, ds.in_channels, num_params)
-
-    cuda = device.type == "cuda"
-    model.to(device)
+    in_channels = 3 if uses_weights_preprocessing(config) else data.in_channels
+    model = build_model(config.model, data.num_classes, in_channels, **config.model_overrides)
+    for stage in schedule:
+        check_input_size(model, stage.image_size, f" in stage {stage.index}")
+    if config.pretrained:
+        notes["pretrained"] = load_pretrained(model, config.pretrained, download=config.download,
+                                              progress=ctx.is_main)
+    notes["frozen"] = freeze_backbone(model, config.trainable, bn_eval=config.frozen_bn_eval)
+    model.to(ctx.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    if ctx.distributed and config.sync_bn:
-        model = distributed.convert_sync_batchnorm(model, device)
+    if ctx.distributed and config.sync_bn and config.trainable == "all":
+        model = distributed.convert_sync_batchnorm(model, ctx.device)
+    return model, notes
+
+
+def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distributed.Context) -> Training:
+    """The network and everything that updates it: optimizer, learning rate, EMA, the wrappers a
+    step calls (DDP, compile), augmentation with the right preprocessing, and the loaders."""
+    model, notes = build_network(config, schedule, data, ctx)
+    if config.batch_size % ctx.world_size:
+        raise TrainingError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} processes")
+    train_loader = DeviceLoader(data.train, config.batch_size // ctx.world_size, shuffle=True, drop_last=True,
+                                seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
+    if len(train_loader) == 0:
+        raise TrainingError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
     ema = (torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         if config.ema_decay else None)
-
-    history, start_epoch, steps = [], 0, 0
-    if resume_from is not None:
-        state = torch.load(resume_from, map_location=device, weights_only=False)
-        if state["signature"] != signature:
-            raise TrainingError(f"{resume_from} holds a checkpoint of {state['signature']}, but this run "
-                                f"builds {signature}; use another --out or the checkpoint's settings")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        history, start_epoch, steps = state["history"], state["epoch"], state["steps"]
-        log(f"resumed from {resume_from} at epoch {start_epoch + 1} "
-            f"(stage {schedule.stage_at(min(start_epoch, config.epochs - 1)).index})")
-
-    train_model = model
+    step_model = model
     if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if config.compile:
-        train_model = torch.compile(train_model)
-    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and config.amp
+        step_model = torch.compile(step_model)
+    preprocess = None
+    if uses_weights_preprocessing(config):
+        weights = config.pretrained if config.pretrained and is_weights_name(config.pretrained) else "DEFAULT"
+        preprocess = pretrained_transforms(config.model, weights)
+        notes["preprocessing"] = preprocess.values()
+    augmenter = BatchAugmenter(data.num_classes, schedule[0].image_size, data.mean, data.std,
+                               num_ops=config.randaug_ops, padding=config.crop_padding, flip=config.flip,
+                               padding_mode=config.crop_mode, preprocess=preprocess)
+    signature = {"model": config.model, "overrides": config.model_overrides, "num_classes": data.num_classes,
+                 "in_channels": unwrap(model).in_channels, "num_params": count_parameters(model)}
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if ctx.device.type == "cuda" and config.amp
                 else contextlib.nullcontext)
-    augmenter = BatchAugmenter(ds.num_classes, schedule[0].image_size, ds.mean, ds.std,
-                               num_ops=config.randaug_ops, padding=config.crop_padding, flip=config.flip)
-    train_loader = DeviceLoader(ds.train, config.batch_size // ctx.world_size, shuffle=True, drop_last=True,
-                                seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
-    if len(train_loader) == 0:
-        raise TrainingError(f"batch_size {config.batch_size} is larger than the {len(ds.train)} training images")
-    val_loader = DeviceLoader(ds.val, config.eval_batch_size, shuffle=False)
+    return Training(config, schedule, ctx, data, model, step_model, optimizer,
+                    LearningRate(optimizer, config, len(train_loader)), ema, augmenter, train_loader,
+                    DeviceLoader(data.val, config.eval_batch_size, shuffle=False), autocast, signature, notes)
 
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"config": asdict(config), "schedule": schedule.rows(),
-                                          "signature": signature, "dataset_source": ds.source,
-                                          "command": sys.argv, "environment": environment()})
-    log(f"{config.model} ({num_params:,} parameters) on {ds.name}: {len(ds.train)} train / {len(ds.val)} val / "
-        f"{len(ds.test)} test images, {device}, {ctx.world_size} process(es)\n{schedule.describe()}")
 
-    current_stage = None
-    for epoch in range(start_epoch, config.epochs):
-        stage = schedule.stage_at(epoch)
-        apply_stage(stage, model, optimizer, augmenter)
-        if stage is not current_stage:
-            log(f"-- {stage.describe()}")
-            current_stage = stage
-        # Every epoch's randomness depends on (seed, epoch, rank) only: resuming replays it exactly.
-        torch.manual_seed(config.seed * 1_000_003 + epoch * 101 + ctx.rank)
-        gen = torch.Generator(device=device).manual_seed(config.seed * 7_919 + epoch * 31 + ctx.rank)
-        train_loader.set_epoch(epoch)
-        train_model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        t0 = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs} @{stage.image_size}px",
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        for i, (images, labels) in enumerate(bar):
-            x, targets = augmenter(images, labels, gen)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = train_model(x)
-            loss = soft_cross_entropy(logits, targets, config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            steps += 1
-            loss_sum += loss.detach().double() * len(labels)
-            correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()
-            seen += len(labels)
-            if i % 50 == 49 or i == len(train_loader) - 1:      # one host sync every 50 steps
-                running = loss_sum.item() / seen
-                if not math.isfinite(running):
-                    last = checkpoints(out)
-                    raise Diverged(f"loss became {running} in epoch {epoch + 1} (step {steps}); the last good "
-                                   f"checkpoint is {last[-1] if last else 'none (first epoch)'}; lower the "
-                                   f"learning rate or check the data")
-                bar.set_postfix(loss=f"{running:.3f}")
-            if config.max_steps is not None and steps >= config.max_steps:
-                break
-        train_seconds = time.perf_counter() - t0
-        stats = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(),
-                                                        torch.tensor(seen, device=device, dtype=torch.float64)]), ctx)
-        train_loss, train_acc = (stats[0] / stats[2]).item(), (stats[1] / stats[2]).item()
-        eval_model = ema.module if ema is not None else model
-        val_loss, val_acc = (evaluate(eval_model, val_loader, augmenter.eval_transform, autocast=autocast)
-                             if len(ds.val) else (float("nan"), float("nan")))
-        lr = optimizer.param_groups[0]["lr"]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_acc)
-        elif scheduler is not None:
-            scheduler.step()
-        row = {"epoch": epoch + 1, "stage": stage.index, "image_size": stage.image_size,
-               "randaug_magnitude": stage.randaug_magnitude, "mixup_alpha": stage.mixup_alpha,
-               "dropout": stage.dropout, "drop_path": stage.drop_path, "weight_decay": stage.weight_decay,
-               "lr": lr, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-               "val_accuracy": val_acc, "epoch_seconds": time.perf_counter() - t0,
-               "train_images_per_second": int(stats[2].item()) / train_seconds,
-               "elapsed_seconds": time.perf_counter() - started}
-        history.append(row)
-        log(f"epoch {epoch + 1:3d}/{config.epochs} @{stage.image_size}px  train {train_loss:.4f} / {train_acc:.2%}  "
-            f"val {val_loss:.4f} / {val_acc:.2%}  lr {lr:.2e}  {row['train_images_per_second']:,.0f} img/s  "
-            f"{row['epoch_seconds']:.1f}s")
-        if ctx.is_main:
-            save_checkpoint(out, {"epoch": epoch + 1, "steps": steps, "signature": signature,
-                                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                  "ema": ema.state_dict() if ema is not None else None,
-                                  "history": history, "config": asdict(config)}, config.keep_checkpoints)
-            write_csv(out / "metrics.csv", history)
-            write_json(out / "history.json", history)
-        if config.max_steps is not None and steps >= config.max_steps:
+def start_fresh(t: Training, folder: RunFolder, overwrite: bool, log) -> None:
+    """A new run has proved it can start: set an old run aside (``--overwrite``), write config.json."""
+    if overwrite and folder.set_aside():
+        t.aside = True
+        log(f"--overwrite: the previous run in {folder.path} is set aside until the first new checkpoint")
+    c, d = t.config, t.data
+    folder.write_json("config.json", {
+        "config": asdict(c), "identity": c.identity(), "schedule": t.schedule.rows(), "signature": t.signature,
+        "dataset_source": d.source, "notes": t.notes, "command": command(), "environment": environment()})
+    frozen = t.notes["frozen"]
+    log(f"{c.model} ({frozen['total']:,} parameters, {frozen['trainable']:,} trainable"
+        f"{', from ' + t.notes['pretrained'] if 'pretrained' in t.notes else ''}) on {d.name}: {len(d.train)} "
+        f"train / {len(d.val)} val / {len(d.test)} test images, {t.ctx.device}, {t.ctx.world_size} process(es)\n"
+        f"{t.schedule.describe()}")
+
+
+def restore(t: Training, folder: RunFolder, log) -> None:
+    """Continue from the newest readable checkpoint, if it was made with these settings."""
+    path, state = folder.load_checkpoint(t.ctx.device, log)
+    if state["signature"] != t.signature:
+        raise TrainingError(f"{path} holds a checkpoint of {state['signature']}, but this run builds "
+                            f"{t.signature}; use another --out or the checkpoint's settings")
+    defaults = TrainConfig().identity()
+    saved = {**defaults, **state.get("identity", {})}
+    now = t.config.identity()
+    changed = [k for k in now if _as_json(saved.get(k)) != _as_json(now[k])]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise TrainingError(f"--resume: {folder.path} was trained with other settings ({diffs}); resume with "
+                            f"the same settings (only {', '.join(sorted(safe_settings()))} may change) or start "
+                            f"again with --overwrite")
+    t.model.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.lr.load_state_dict(state["lr"])
+    if t.ema is not None:
+        t.ema.load_state_dict(state["ema"])
+    t.history, t.epoch, t.steps = state["history"], state["epoch"], state["steps"]
+    log(f"resumed from {path} at epoch {t.epoch + 1} "
+        f"(stage {t.schedule.stage_at(min(t.epoch, t.config.epochs - 1)).index})")
+
+
+def _as_json(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, progress: bool) -> dict:
+    """One pass over the training split at this stage's settings: loss, accuracy and speed."""
+    device, c = t.ctx.device, t.config
+    gen = epoch_generator(c.seed, epoch, t.ctx.rank, device)
+    t.train_loader.set_epoch(epoch)
+    t.step_model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, started = 0, time.perf_counter()
+    bar = tqdm(t.train_loader, desc=f"epoch {epoch + 1}/{c.epochs} @{stage.image_size}px",
+               disable=not (progress and t.ctx.is_main), leave=False, dynamic_ncols=True)
+    for i, (images, labels) in enumerate(bar):
+        x, targets = t.augmenter(images, labels, gen)
+        loss, logits = optimizer_step(t, x, targets)
+        loss_sum += loss.detach().double() * len(labels)
+        correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()
+        seen += len(labels)
+        if i % 50 == 49 or i == len(t.train_loader) - 1:      # one host sync every 50 steps
+            running = loss_sum.item() / seen
+            if not math.isfinite(running):
+                last = folder.checkpoints()
+                raise Diverged(f"loss became {running} in epoch {epoch + 1} (step {t.steps}); the last good "
+                               f"checkpoint is {last[-1] if last else 'none (first epoch)'}; lower the "
+                               f"learning rate or check the data")
+            bar.set_postfix(loss=f"{running:.3f}")
+        if c.max_steps is not None and t.steps >= c.max_steps:
             break
+    seconds = time.perf_counter() - started
+    stats = distributed.all_reduce_sum(
+        torch.stack([loss_sum, correct.double(), torch.tensor(seen, device=device, dtype=torch.float64)]), t.ctx)
+    return {"train_loss": (stats[0] / stats[2]).item(), "train_accuracy": (stats[1] / stats[2]).item(),
+            "started": started, "train_images_per_second": stats[2].item() / seconds}
 
-    final_model = ema.module if ema is not None else model
-    test_loader = DeviceLoader(ds.test, config.eval_batch_size, shuffle=False)
-    test_loss, test_acc = evaluate(final_model, test_loader, augmenter.eval_transform,
-                                   tta_flip=config.tta_flip, autocast=autocast)
+
+def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward and update for one batch: the library's only backward pass."""
+    t.lr.apply(t.steps)
+    if t.config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with t.autocast():
+        logits = t.step_model(x)
+    loss = soft_cross_entropy(logits, targets, t.config.label_smoothing)
+    t.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    t.optimizer.step()
+    if t.ema is not None:
+        t.ema.update_parameters(t.model)
+    t.steps += 1
+    return loss, logits
+
+
+def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_stats: dict, log) -> None:
+    """Validate, step the plateau rule, log one line, and write the epoch's row and checkpoint."""
+    c, data = t.config, t.data
+    val_loss, val_acc = (evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.autocast)
+                         if len(data.val) else (float("nan"), float("nan")))
+    t.lr.end_epoch(val_acc)
+    row = {"epoch": epoch + 1, "stage": stage.index, "image_size": stage.image_size,
+           "randaug_magnitude": stage.randaug_magnitude, "mixup_alpha": stage.mixup_alpha,
+           "dropout": stage.dropout, "drop_path": stage.drop_path, "weight_decay": stage.weight_decay,
+           "lr": t.optimizer.param_groups[0]["lr"], "train_loss": train_stats["train_loss"],
+           "train_accuracy": train_stats["train_accuracy"], "val_loss": val_loss, "val_accuracy": val_acc,
+           "epoch_seconds": time.perf_counter() - train_stats["started"],
+           "train_images_per_second": train_stats["train_images_per_second"],
+           "elapsed_seconds": time.perf_counter() - t.started}
+    t.history.append(row)
+    t.epoch = epoch + 1
+    log(f"epoch {epoch + 1:3d}/{c.epochs} @{stage.image_size}px  train {row['train_loss']:.4f} / "
+        f"{row['train_accuracy']:.2%}  val {val_loss:.4f} / {val_acc:.2%}  lr {row['lr']:.2e}  "
+        f"{row['train_images_per_second']:,.0f} img/s  {row['epoch_seconds']:.1f}s")
+    if t.ctx.is_main:
+        folder.save_checkpoint({"epoch": t.epoch, "steps": t.steps, "signature": t.signature,
+                                "identity": c.identity(), "config": asdict(c), "model": t.model.state_dict(),
+                                "optimizer": t.optimizer.state_dict(), "lr": t.lr.state_dict(),
+                                "ema": t.ema.state_dict() if t.ema is not None else None,
+                                "history": t.history}, c.keep_checkpoints)
+        if t.aside:
+            folder.drop_aside()
+            t.aside = False
+        folder.write_csv("metrics.csv", t.history)
+        folder.write_json("history.json", t.history)
+
+
+def finish(t: Training, folder: RunFolder, started: float, log) -> dict:
+    """One hold-out test evaluation of the final (EMA) weights; model.pt, then metrics.json."""
+    c, data = t.config, t.data
+    test_loss, test_acc = evaluate(t.eval_model, DeviceLoader(data.test, c.eval_batch_size, shuffle=False),
+                                   t.augmenter.eval_transform, tta_flip=c.tta_flip, autocast=t.autocast)
     wall = time.perf_counter() - started
-    metrics = {"dataset": ds.name, "model": config.model, "num_params": num_params,
-               "test_accuracy": test_acc, "test_loss": test_loss, "tta_flip": config.tta_flip,
-               "ema": bool(ema), "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
-               "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
-               "epochs": len(history), "steps": steps, "wall_seconds": wall,
-               "train_seconds": sum(h["epoch_seconds"] for h in history),
-               "world_size": ctx.world_size, "device": str(device), "environment": environment(),
-               "command": " ".join(sys.argv), "stages": schedule.rows()}
-    if ctx.is_main:
-        _atomic_write(out / "model.pt", lambda p: torch.save(unwrap(final_model).state_dict(), p))
-        write_json(out / "metrics.json", metrics)
-    log(f"test accuracy {test_acc:.2%} (loss {test_loss:.4f}{', flip TTA' if config.tta_flip else ''}) "
-        f"in {wall:.0f}s; outputs in {out}")
+    metrics = {"dataset": data.name, "model": c.model, "profile": c.profile, "num_params": t.signature["num_params"],
+               "trainable_params": t.notes["frozen"]["trainable"], "pretrained": t.notes.get("pretrained"),
+               "trainable": c.trainable, "seed": c.seed, "test_accuracy": test_acc, "test_loss": test_loss,
+               "tta_flip": c.tta_flip, "ema": t.ema is not None,
+               "final_val_accuracy": t.history[-1]["val_accuracy"] if t.history else None,
+               "best_val_accuracy": max((h["val_accuracy"] for h in t.history), default=None),
+               "epochs": len(t.history), "steps": t.steps, "wall_seconds": wall,
+               "train_seconds": sum(h["epoch_seconds"] for h in t.history),
+               "world_size": t.ctx.world_size, "device": str(t.ctx.device), "environment": environment(),
+               "command": command(), "run_dir": display_path(folder.path), "stages": t.schedule.rows()}
+    if t.ctx.is_main:
+        folder.save_torch("model.pt", unwrap(t.eval_model).state_dict())
+        folder.write_json("metrics.json", metrics)
+    log(f"test accuracy {test_acc:.2%} (loss {test_loss:.4f}{', flip TTA' if c.tta_flip else ''}) "
+        f"in {wall:.0f}s; outputs in {folder.path}")
     return metrics
 
 
-def run_or_reuse(config: TrainConfig, out: str | os.PathLike, *, retrain: bool = False, **kwargs) -> dict:
-    """Train, unless ``out`` already holds a finished run of exactly this config: then load it.
+def run_or_reuse(config: TrainConfig, parent: str | os.PathLike, *, retrain: bool = False, log=print,
+                 **kwargs) -> dict:
+    """Train into ``parent/<seed>-<settings key>``, unless a finished run of these settings is there.
 
-    Notebooks call this so that re-executing them (papermill, slides) does not retrain by accident,
-    and retraining is one explicit flag.
+    Notebooks call this, so re-executing them (papermill, slides) neither retrains by accident nor
+    replaces a run of other settings (another seed gets another folder); an interrupted run is
+    resumed; ``retrain=True`` trains again.
     """
-    out = Path(out)
-    if not retrain and (out / "metrics.json").exists() and (out / "config.json").exists():
-        saved = json.loads((out / "config.json").read_text())["config"]
-        defaults = json.loads(json.dumps(asdict(TrainConfig()), default=str))
-        saved = {**defaults, **saved}     # a field added since that run counts as its default
-        if saved == json.loads(json.dumps(asdict(config), default=str)):
-            kwargs.get("log", print)(f"reusing the finished run in {out} (retrain=True trains again)")
-            return json.loads((out / "metrics.json").read_text())
-    return train(config, out, overwrite=True, **kwargs)
+    config.validate()
+    folder = RunFolder(Path(parent) / settings_key(config.identity()))
+    if not retrain:
+        metrics = folder.finished_with(config.identity(), TrainConfig().identity())
+        if metrics is not None:
+            log(f"reusing the finished run in {folder.path} (retrain=True trains again)")
+            return metrics
+        if folder.checkpoints() and not folder.finished:
+            return train(config, folder.path, resume=True, log=log, **kwargs)
+    return train(config, folder.path, overwrite=True, log=log, **kwargs)
 
 
 # ---------------------------------------------------------------- command line
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def parse_value(text: str):
-    """``--set key=value`` values as YAML literals: numbers, booleans, lists, dicts."""
+    """``--set key=value`` values as YAML literals (numbers, booleans, lists, dicts), where
+    ``1e-3`` is a number as everyone writes it (YAML 1.1 would read it as text)."""
     import yaml
-    return yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot read {text!r} as a value: {' '.join(str(e).split())}") from None
+    return _numbers(value)
+
+
+def _numbers(value):
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="fashion_mnist, cifar10, cifar100 or an image folder")
-    p.add_argument("--profile", default="quick", help="smoke, quick or paper")
+    p.add_argument("--profile", default="quick", help="smoke, quick, laptop or paper")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, config)")
     p.add_argument("--model", help="override the profile's model, e.g. efficientnetv2_m")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs")
+    p.add_argument("--batch-size")
+    p.add_argument("--lr")
     p.add_argument("--optimizer")
     p.add_argument("--scheduler")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any TrainConfig field, value as YAML (repeatable), e.g. --set ema_decay=0.999")
+                   help="any TrainConfig field, value as YAML (repeatable): --set ema_decay=0.999 sets one "
+                        "whole, --set schedule.dropout=0.3 edits one entry, --set image_size=32 edits the sizes")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (kept until the new one checkpoints)")
     args = p.parse_args(argv)
-    overrides = {k: v for k, v in {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-                                   "lr": args.lr, "optimizer": args.optimizer, "scheduler": args.scheduler,
-                                   "device": args.device, "compile": args.compile}.items() if v is not None}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = parse_value(value)
     try:
-        config = config_for(args.profile, args.dataset, **overrides)
+        whole = {k: parse_value(v) if isinstance(v, str) else v
+                 for k, v in {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+                              "lr": args.lr, "optimizer": args.optimizer, "scheduler": args.scheduler,
+                              "device": args.device, "compile": args.compile}.items() if v is not None}
+        edits = {}
+        for item in args.set:                 # key=value sets a setting whole; key.sub=value edits one entry
+            key, sep, value = item.partition("=")
+            path = [part.strip() for part in key.split(".")]
+            if not sep or not all(path):
+                raise ValueError(f"--set expects KEY=VALUE or KEY.SUB=VALUE, got {item!r}")
+            if len(path) == 1 and path[0] != "image_size":
+                whole[path[0]] = parse_value(value)
+                continue
+            target = edits
+            for part in path[:-1]:
+                target = target.setdefault(part, {})
+            target[path[-1]] = parse_value(value)
+        config = config_for(args.profile, args.dataset, whole=whole, **edits)
         train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=sys.stderr.isatty())
-    except (ValueError, TrainingError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, TrainingError, DatasetError, RunFolderError, WeightsUnavailable) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: resume with the same command plus --resume", file=sys.stderr)
+        print("interrupted: resume with the same command plus --resume", file=sys.stderr)
         return 130
     return 0
 

@@ -1,43 +1,31 @@
-"""Transfer learning: torchvision's ImageNet weights in our models, frozen or fine-tuned.
+"""Pretrained weights: torchvision's ImageNet files in our models, their preprocessing, freezing.
 
-    sd = pretrained_state_dict("efficientnetv2_s")            # torch hub cache first, then download
-    model = build_pretrained("efficientnetv2_s", 100, sd)      # ImageNet backbone, fresh 100-class head
-    freeze_backbone(model, "head")                             # linear probe; frozen BN stays in eval mode
-    result = fine_tune(model, dataset, epochs=3, batch_size=64, lr=3e-3, image_size=224,
-                       device="auto", trainable="head")
+    model = build_model("efficientnetv2_s", 100)
+    load_pretrained(model, "DEFAULT")              # torch hub cache first, then download; fresh head
+    freeze_backbone(model, "head")                 # linear probe; frozen BatchNorm stays in eval mode
+    x = pretrained_transforms("efficientnetv2_s")(uint8_images, 224)
 
-Three things decide whether a pretrained network transfers, and each has a function here:
-1. the weights (``pretrained_state_dict``: torchvision's files, found offline in torch's hub cache);
-2. the preprocessing they were trained with (``pretrained_transforms``: size, interpolation and
-   mean/std of the weights, applied identically in training and evaluation);
-3. what is frozen (``freeze_backbone``): a frozen part must behave exactly as at evaluation time,
-   so its BatchNorm layers normalize with their stored ImageNet statistics and never update them.
-   A "frozen" backbone whose BatchNorm still uses the statistics of each training batch computes
-   different features in training than in validation; that, plus a preprocessing mismatch, is how
-   a frozen model can reach 35% training but 9% validation accuracy (notebook 06).
+Training with them is a setting of the one trainer (``TrainConfig.pretrained``, ``trainable``,
+``preprocessing``); why each of the three matters is notebook 06's story.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .augment import RandAugment, normalize, random_crop_flip, resize
-from .data import KNOWN_DATASETS, Dataset, DatasetError, DeviceLoader, load_dataset
+from .augment import normalize, resize
 from .models import build_model, count_parameters, load_torchvision_weights
 from .models.blocks import DropPath
-from .train import Diverged, evaluate, soft_cross_entropy, write_json
+from .profiles import TRAINABLE_HELP
 
 # Our model names -> torchvision's weights enums (``torchvision.models.get_weight("<enum>.DEFAULT")``).
 WEIGHTS = {
@@ -235,7 +223,6 @@ class FrozenDropout(_PinnedEval, nn.Dropout):
 _PINNED = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d, nn.BatchNorm3d: FrozenBatchNorm3d,
            nn.SyncBatchNorm: FrozenSyncBatchNorm, DropPath: FrozenDropPath, nn.Dropout: FrozenDropout}
 _UNPINNED = {pinned: plain for plain, pinned in _PINNED.items()}
-TRAINABLE_HELP = "'head' (classifier only), 'last_stages:N' (last N stages + head) or 'all'"
 
 
 def parse_trainable(trainable: str) -> int | None:
@@ -326,199 +313,6 @@ def batchnorm_drift(before: Mapping[str, torch.Tensor], model: nn.Module) -> flo
     return max((float((now[k].float() - v.float()).abs().max()) for k, v in before.items()), default=0.0)
 
 
-# ---------------------------------------------------------------- fine-tuning
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"unknown optimizer {name!r}: choose adamw or sgd")
-
-
-def _warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def fine_tune(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float,
-              image_size: int | None = None, device: str | torch.device = "auto", trainable: str = "all",
-              transforms: PretrainedTransforms | None = None, optimizer: str = "adamw",
-              weight_decay: float = 0.05, label_smoothing: float = 0.1, warmup_fraction: float = 0.05,
-              padding: int | None = None, flip: bool = True, randaug_magnitude: float = 0.0,
-              bn_eval: bool = True, eval_batch_size: int | None = None, seed: int = 0,
-              max_steps: int | None = None, out_dir: str | os.PathLike | None = None,
-              progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train ``model`` on ``dataset`` (uint8 splits) with only ``trainable`` parts learning.
-
-    Per step: random crop (``padding``, reflect; default 4 px for images up to 64 px, else none)
-    and flip at native resolution, optional RandAugment, then ``transforms`` at ``image_size``
-    (default: the weights' crop size). Validation and test use ``transforms`` alone: the same
-    resize and normalization as training. AdamW (or SGD) with linear warmup and per-step cosine
-    decay, label smoothing, bf16 autocast and channels_last on CUDA.
-
-    Returns {"history": [per-epoch dicts], "test_accuracy", "test_loss", "wall_seconds", ...};
-    with ``out_dir`` also writes ``metrics.json`` (same content) and ``history.json`` there.
-    """
-    started = time.perf_counter()
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    device = resolve_device(device)
-    transforms = transforms or PretrainedTransforms("imagenet", 224, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
-    image_size = int(image_size or transforms.crop_size)
-    if image_size < getattr(model, "min_input_size", 1):
-        raise ValueError(f"image_size {image_size} is below the model's minimum {model.min_input_size} px")
-    padding = (4 if dataset.image_size <= 64 else 0) if padding is None else padding
-    counts = freeze_backbone(model, trainable, bn_eval=bn_eval)
-    ds = dataset.to(device)
-    cuda = device.type == "cuda"
-    model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-
-    train_loader = DeviceLoader(ds.train, batch_size, shuffle=True, drop_last=len(ds.train) >= batch_size, seed=seed)
-    eval_bs = eval_batch_size or 2 * batch_size
-    val_loader = DeviceLoader(ds.val, eval_bs, shuffle=False)
-    total_steps = epochs * len(train_loader) if max_steps is None else min(max_steps, epochs * len(train_loader))
-    opt = _optimizer(model, optimizer, lr, weight_decay)
-    scheduler = _warmup_cosine(opt, total_steps, max(1, round(warmup_fraction * total_steps)))
-    randaug = RandAugment(2, randaug_magnitude) if randaug_magnitude > 0 else None
-    evaluate_transform = lambda images: transforms(images, image_size)  # noqa: E731
-    log(f"fine-tuning {type(model).__name__} ({trainable}: {counts['trainable']:,} of {counts['total']:,} "
-        f"parameters trainable, {counts['frozen_bn']} frozen BatchNorm layers) on {ds.name}: "
-        f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test images at {image_size} px, "
-        f"{optimizer} lr {lr:g}, {epochs} epoch(s), {device}")
-
-    history, steps = [], 0
-    for epoch in range(epochs):
-        torch.manual_seed(seed * 1_000_003 + epoch)
-        gen = torch.Generator(device=device).manual_seed(seed * 7_919 + epoch)
-        train_loader.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen, t0 = 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for images, labels in bar:
-            images = random_crop_flip(images, padding, gen, flip, "reflect" if padding else "zeros")
-            if randaug is not None:
-                images = randaug(images, gen)
-            x = transforms(images, image_size)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(x)
-            loss = soft_cross_entropy(logits, F.one_hot(labels, logits.shape[1]).float(), label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            scheduler.step()
-            steps += 1
-            loss_sum += loss.detach().double() * len(labels)
-            correct += (logits.detach().argmax(1) == labels).sum()
-            seen += len(labels)
-            if max_steps is not None and steps >= max_steps:
-                break
-        train_seconds = time.perf_counter() - t0
-        train_loss = loss_sum.item() / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise Diverged(f"loss became {train_loss} in epoch {epoch + 1}: lower the learning rate (now {lr:g})")
-        val_loss, val_acc = (evaluate(model, val_loader, evaluate_transform, autocast=autocast)
-                             if len(ds.val) else (float("nan"), float("nan")))
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
-               "val_loss": val_loss, "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
-               "train_seconds": train_seconds, "seconds": time.perf_counter() - t0,
-               "train_images_per_second": seen / train_seconds if train_seconds > 0 else float("nan")}
-        history.append(row)
-        log(f"epoch {epoch + 1}/{epochs}  train {row['train_loss']:.3f} / {row['train_accuracy']:.2%}  "
-            f"val {val_loss:.3f} / {val_acc:.2%}  {row['seconds']:.1f}s")
-        if max_steps is not None and steps >= max_steps:
-            break
-
-    test_loss, test_acc = evaluate(model, DeviceLoader(ds.test, eval_bs, shuffle=False), evaluate_transform,
-                                   autocast=autocast)
-    wall = time.perf_counter() - started
-    result = {"dataset": ds.name, "model": type(model).__name__, "trainable": trainable,
-              "trainable_params": counts["trainable"], "total_params": counts["total"],
-              "frozen_bn": counts["frozen_bn"], "bn_eval": bn_eval, "image_size": image_size,
-              "epochs": len(history), "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-              "label_smoothing": label_smoothing, "transforms": transforms.values(), "device": str(device),
-              "test_accuracy": test_acc, "test_loss": test_loss, "wall_seconds": wall,
-              "final_val_accuracy": history[-1]["val_accuracy"] if history else None, "history": history}
-    log(f"test accuracy {test_acc:.2%} in {wall:.0f}s")
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "history.json", history)
-        write_json(out / "metrics.json", result)
-    return result
-
-
-# ---------------------------------------------------------------- notebook helpers
-
-# Per profile: model, training resolution, epochs / lr per mode ("head": frozen backbone, "all": full
-# fine-tuning), images per split (None: all), and whether to download what is missing.
-TRANSFER_PROFILES = {
-    "smoke": {"model": "efficientnet_b0", "image_size": 64, "batch_size": 32, "limit": 128,
-              "epochs": {"head": 1, "all": 1}, "lr": {"head": 3e-3, "all": 3e-4}, "download": False},
-    "quick": {"model": "efficientnet_b0", "image_size": 128, "batch_size": 64, "limit": 2000,
-              "epochs": {"head": 3, "all": 2}, "lr": {"head": 3e-3, "all": 3e-4}, "download": True},
-    "paper": {"model": "efficientnetv2_s", "image_size": 384, "batch_size": 128, "limit": None,
-              "epochs": {"head": 5, "all": 10}, "lr": {"head": 3e-3, "all": 1e-4}, "download": True},
-}
-TRANSFER_DATASETS = ("cifar100", "cifar10")
-
-
-def transfer_settings(profile: str, model: str = "auto", image_size: int | None = None) -> dict:
-    """The profile's settings with the notebook's overrides; one-line errors for bad values."""
-    if profile not in TRANSFER_PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(TRANSFER_PROFILES)}")
-    settings = {**TRANSFER_PROFILES[profile]}
-    if model != "auto":
-        if model not in WEIGHTS:
-            raise ValueError(f"unknown model {model!r}: choose 'auto' or one with pretrained weights: "
-                             f"{', '.join(WEIGHTS)}")
-        settings["model"] = model
-    if image_size is not None:
-        if not isinstance(image_size, int) or image_size < 33:
-            raise ValueError(f"image_size must be an integer >= 33 (the models' minimum), got {image_size!r}")
-        settings["image_size"] = image_size
-    return settings
-
-
-def transfer_targets(dataset: str, transfer_datasets) -> list[str]:
-    """The datasets to transfer to: ``transfer_datasets``, with ``dataset`` first when it is one of
-    them (so ``-p dataset cifar10`` leads with CIFAR-10; Fashion-MNIST changes nothing)."""
-    if isinstance(transfer_datasets, str):
-        transfer_datasets = [transfer_datasets]
-    if not transfer_datasets:
-        raise ValueError(f"transfer_datasets is empty: name at least one of {', '.join(KNOWN_DATASETS)}")
-    spelled = {name.replace("_", ""): name for name in KNOWN_DATASETS}      # CIFAR-100, cifar_100, ...
-    targets = [spelled.get(str(t).lower().replace("-", "").replace("_", ""), str(t)) for t in transfer_datasets]
-    unknown = [t for t in targets if t not in KNOWN_DATASETS]
-    if unknown:
-        raise ValueError(f"unknown transfer dataset(s) {unknown}: choose from {', '.join(KNOWN_DATASETS)}")
-    targets = list(dict.fromkeys(targets))
-    return sorted(targets, key=lambda t: t != dataset)
-
-
 def torchvision_model(model_name: str, **kwargs) -> nn.Module:
     """torchvision's network for one of our names (``weights=None``: random init, no download)."""
     import torchvision
@@ -527,27 +321,69 @@ def torchvision_model(model_name: str, **kwargs) -> nn.Module:
     return getattr(torchvision.models, model_name.replace("efficientnetv2_", "efficientnet_v2_"))(**kwargs)
 
 
-def load_or_explain(name: str, root: str | os.PathLike, *, download: bool, limit: int | None = None,
-                    seed: int = 0, val_fraction: float = 0.1) -> tuple[Dataset | None, str | None]:
-    """(dataset, None) or (None, one line naming what is missing and how to get it)."""
-    try:
-        return load_dataset(name, root, val_fraction=val_fraction, seed=seed, download=download, limit=limit), None
-    except DatasetError as e:
-        return None, str(e)
+# ---------------------------------------------------------------- one entry point for the trainer
+
+def is_weights_name(source: str) -> bool:
+    """True for a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``, ...), False for a path."""
+    text = str(source)
+    return text.replace("_", "").isalnum() and text == text.upper() and not Path(text).exists()
 
 
-def weights_or_explain(model_name: str, *, download: bool) -> tuple[dict | None, str | None]:
-    """(state_dict, None) or (None, the one-line WeightsUnavailable message)."""
+def load_pretrained(model: nn.Module, source: str, *, download: bool = True, progress: bool = True) -> str:
+    """Fill ``model`` (already built for the new task) with pretrained weights; return what was loaded.
+
+    ``source``: a torchvision weights name for ``model.name`` (``DEFAULT``, ``IMAGENET1K_V1``), or a
+    run folder / ``model.pt`` / checkpoint of ours. The classifier keeps its fresh init when the
+    class count differs; every other tensor must match in name (ours) or position (torchvision's)
+    and shape.
+    """
+    if is_weights_name(source):
+        state = pretrained_state_dict(model.name, weights=source, download=download, progress=progress)
+        skip = model.num_classes != IMAGENET_CLASSES
+        if getattr(model, "in_channels", 3) != 3:
+            raise ValueError(f"ImageNet weights need 3-channel input, but the model was built for "
+                             f"{model.in_channels}; use preprocessing 'weights' (repeats grey images)")
+        load_torchvision_weights(model, state, skip_classifier=skip)
+        return f"{weights_enum(model.name, source).__class__.__name__}.{weights_enum(model.name, source).name}"
+    path = own_weights_file(source)
     try:
-        return pretrained_state_dict(model_name, download=download), None
-    except WeightsUnavailable as e:
-        return None, str(e)
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, empty, not a torch file
+        raise ValueError(f"pretrained {path} cannot be loaded ({_one_line(e)})") from None
+    if isinstance(saved, dict) and "model" in saved and "optimizer" in saved:    # a checkpoint of ours
+        saved = saved["model"]
+    load_matching(model, saved, str(path))
+    return str(path)
+
+
+def own_weights_file(source: str | os.PathLike) -> Path:
+    """A run folder's ``model.pt`` (or its newest checkpoint), or the file itself."""
+    path = Path(source)
+    if path.is_dir():
+        candidates = [path / "model.pt", *sorted((path / "checkpoints").glob("epoch_*.pt"), reverse=True)]
+        path = next((c for c in candidates if c.is_file()), path / "model.pt")
+    if not path.is_file():
+        raise ValueError(f"pretrained {source!r} is neither a torchvision weights name (DEFAULT, "
+                         f"IMAGENET1K_V1, ...) nor a file or run folder of ours")
+    return path
+
+
+def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` by name; the classifier may differ in class count (kept fresh)."""
+    ours = model.state_dict()
+    head = {k for k in ours if k.startswith(("classifier.", "fc."))}
+    missing = sorted(set(ours) - set(state))
+    wrong = [k for k in ours if k in state and state[k].shape != ours[k].shape and k not in head]
+    if missing or wrong:
+        first = (missing or wrong)[0]
+        raise ValueError(f"pretrained {source} does not fit this model: {len(missing)} tensors missing, "
+                         f"{len(wrong)} of another shape (first: {first}); build the same architecture")
+    model.load_state_dict({k: (state[k] if state[k].shape == v.shape else v) for k, v in ours.items()})
 
 
 __all__ = [
     "WEIGHTS", "WeightsUnavailable", "weights_enum", "weights_path", "pretrained_state_dict",
     "PretrainedTransforms", "pretrained_transforms", "IMAGENET_MEAN", "IMAGENET_STD",
     "build_pretrained", "freeze_backbone", "parse_trainable", "network_parts", "batchnorm_state",
-    "batchnorm_drift", "fine_tune", "resolve_device", "TRANSFER_PROFILES", "TRANSFER_DATASETS",
-    "transfer_settings", "transfer_targets", "torchvision_model", "load_or_explain", "weights_or_explain",
+    "batchnorm_drift", "torchvision_model", "load_pretrained", "is_weights_name", "own_weights_file",
 ]

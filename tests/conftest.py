@@ -1,7 +1,7 @@
 import pytest
 
 from lib.data import FASHION_MNIST_HINT, fashion_mnist_available
-from lib.notebook import REPO_ROOT
+from lib.runs import REPO_ROOT
 
 
 @pytest.fixture(scope="session")

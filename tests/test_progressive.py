@@ -45,8 +45,3 @@ def test_bad_schedules_are_one_line_errors(call, message):
     with pytest.raises(ValueError, match=message) as err:
         call()
     assert "\n" not in str(err.value)
-
-
-def test_image_size_below_model_minimum():
-    with pytest.raises(ValueError, match="below efficientnetv2_s's minimum of 33px"):
-        algorithm1(4, 2, (20, 28)).check_image_sizes(33, "efficientnetv2_s")

@@ -5,7 +5,7 @@ import tomllib
 
 import yaml
 
-from lib.notebook import REPO_ROOT
+from lib.runs import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

@@ -166,23 +166,31 @@ def test_cli_bad_input_is_one_line(tiny_root, tmp_path, capsys, args, message):
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
-def test_bn_momentum_override_reaches_every_batchnorm(tiny_root, tmp_path):
-    config = small_config(tiny_root, bn_momentum=0.1, max_steps=1)
+def test_bn_momentum_is_a_model_setting_next_to_bn_eps(tiny_root, tmp_path):
+    config = small_config(tiny_root, model_overrides={**TINY, "bn_momentum": 0.1}, max_steps=1)
     train(config, tmp_path / "run", progress=False, log=lambda *a: None)
     state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0001.pt", weights_only=False)
-    assert state["config"]["bn_momentum"] == 0.1
+    assert state["config"]["model_overrides"]["bn_momentum"] == 0.1
+    model = train_module.build_model("efficientnetv2_s", 10, 1, **state["config"]["model_overrides"])
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)
     with pytest.raises(ValueError, match="bn_momentum"):
-        small_config(tiny_root, bn_momentum=1.5)
+        train_module.build_model("efficientnetv2_s", 10, 1, bn_momentum=1.5)
 
 
-def test_run_or_reuse_reuses_a_finished_run_and_tolerates_new_default_fields(tiny_root, tmp_path):
-    out = tmp_path / "run"
-    first = run_or_reuse(small_config(tiny_root), out, progress=False, log=lambda *a: None)
-    saved = json.loads((out / "config.json").read_text())
-    del saved["config"]["bn_momentum"]                          # as written before the field existed
-    (out / "config.json").write_text(json.dumps(saved))
+def test_run_or_reuse_keys_folders_by_settings_and_reuses_finished_runs(tiny_root, tmp_path):
+    parent = tmp_path / "runs"
+    first = run_or_reuse(small_config(tiny_root), parent, progress=False, log=lambda *a: None)
+    folder = tmp_path / "runs" / first["run_dir"].rsplit("/", 1)[-1]
+    assert folder.name.startswith("seed0-") and (folder / "metrics.json").exists()
+    saved = json.loads((folder / "config.json").read_text())
+    del saved["identity"]["warmup_epochs"]                       # as written before the setting existed
+    (folder / "config.json").write_text(json.dumps(saved))
     messages = []
-    again = run_or_reuse(small_config(tiny_root), out, progress=False, log=messages.append)
+    again = run_or_reuse(small_config(tiny_root), parent, progress=False, log=messages.append)
     assert again["wall_seconds"] == first["wall_seconds"] and "reusing" in messages[0]
-    changed = run_or_reuse(small_config(tiny_root, lr=5e-4), out, progress=False, log=lambda *a: None)
-    assert changed["wall_seconds"] != first["wall_seconds"]
+    other_seed = run_or_reuse(small_config(tiny_root, seed=1), parent, progress=False, log=lambda *a: None)
+    changed = run_or_reuse(small_config(tiny_root, lr=5e-4), parent, progress=False, log=lambda *a: None)
+    folders = {first["run_dir"], other_seed["run_dir"], changed["run_dir"]}
+    assert len(folders) == 3 and all(f.rsplit("/", 1)[-1].startswith(("seed0-", "seed1-")) for f in folders)
+    assert json.loads((folder / "metrics.json").read_text())["wall_seconds"] == first["wall_seconds"]  # untouched

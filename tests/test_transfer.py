@@ -9,12 +9,14 @@ import torch
 import torchvision
 from torch import nn
 
-import lib.transfer as transfer
-from lib.data import Dataset, Split
+from formats import make_cifar10
 from lib.models import build_model
+from lib.notebook import transfer_targets
+from lib.profiles import config_for, study
+from lib.train import train
 from lib.transfer import (WeightsUnavailable, batchnorm_drift, batchnorm_state, build_pretrained,
-                          fine_tune, freeze_backbone, parse_trainable, pretrained_state_dict,
-                          pretrained_transforms, transfer_settings, weights_enum, weights_path)
+                          freeze_backbone, load_pretrained, parse_trainable, pretrained_state_dict,
+                          pretrained_transforms, weights_enum, weights_path)
 
 TORCHVISION = {"efficientnetv2_s": torchvision.models.efficientnet_v2_s,
                "efficientnet_b0": torchvision.models.efficientnet_b0}
@@ -205,58 +207,94 @@ def test_grey_images_are_repeated_to_three_channels():
     torch.testing.assert_close(out[0, :, 10, 10], expected, rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------- fine-tuning loop
+# ---------------------------------------------------------------- fine-tuning: a setting of the one trainer
 
-def synthetic_dataset(n=64, size=16, classes=4):
-    """Random pixels: mechanics only, nothing learnable is claimed."""
-    g = torch.Generator().manual_seed(0)
-
-    def split(m):
-        return Split(torch.randint(0, 256, (m, 3, size, size), dtype=torch.uint8, generator=g),
-                     torch.arange(m) % classes)
-    return Dataset("synthetic", tuple(map(str, range(classes))), split(n), split(16), split(16),
-                   (0.5,) * 3, (0.25,) * 3, "memory")
-
-
-def test_fine_tune_head_keeps_backbone_and_writes_metrics(tmp_path):
-    model = tiny(4)
-    backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")}
-    head = model.classifier[-1].weight.detach().clone()
-    result = fine_tune(model, synthetic_dataset(), epochs=2, batch_size=16, lr=1e-2, image_size=32,
-                       device="cpu", trainable="head", out_dir=tmp_path, progress=False, log=lambda *a: None)
-    assert len(result["history"]) == 2 and result["steps"] == 8
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())   # BN stats included
-    assert not torch.equal(model.classifier[-1].weight, head)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["wall_seconds"] > 0
-    assert metrics["trainable_params"] == 4 * model.classifier[-1].in_features + 4
-    assert (tmp_path / "history.json").exists()
+@pytest.fixture
+def cached_b0(offline_hub):
+    """torchvision's B0 file stood in for by random weights, where torchvision looks for it."""
+    folder, calls = offline_hub
+    folder.mkdir(parents=True)
+    reference = random_torchvision("efficientnet_b0")
+    torch.save(reference.state_dict(), weights_path("efficientnet_b0"))
+    return reference, calls
 
 
-def test_fine_tune_all_updates_the_backbone():
-    model = tiny(4)
-    stem = model.stem.conv.weight.detach().clone()
-    result = fine_tune(model, synthetic_dataset(), epochs=1, batch_size=16, lr=1e-3, image_size=32,
-                       device="cpu", trainable="all", max_steps=2, progress=False, log=lambda *a: None)
-    assert result["trainable_params"] == result["total_params"] and result["steps"] == 2
-    assert not torch.equal(model.stem.conv.weight, stem)
+@pytest.fixture
+def cifar_root(tmp_path):
+    """CIFAR-10 in the real pickle format, 20 random images per batch (mechanics only)."""
+    make_cifar10(tmp_path / "data", per_batch=20)
+    return tmp_path / "data"
 
 
-def test_settings_validation():
-    assert transfer_settings("smoke")["model"] == "efficientnet_b0"
-    assert transfer_settings("paper", "efficientnet_b3", 300)["model"] == "efficientnet_b3"
-    with pytest.raises(ValueError, match="unknown model 'resnet18'"):
-        transfer_settings("quick", "resnet18")
+def fine_tune_config(root, trainable, **overrides):
+    return config_for("smoke", "cifar10", "transfer", data_root=str(root), trainable=trainable, epochs=2,
+                      batch_size=16, limit=None, val_fraction=0.2, **overrides)
+
+
+def test_fine_tuning_the_head_keeps_the_backbone_and_writes_metrics(cached_b0, cifar_root, tmp_path):
+    reference, calls = cached_b0
+    metrics = train(fine_tune_config(cifar_root, "head"), tmp_path / "head", progress=False, log=lambda *a: None)
+    assert calls == [] and metrics["model"] == "efficientnet_b0" and metrics["epochs"] == 2
+    assert metrics["pretrained"] == "EfficientNet_B0_Weights.IMAGENET1K_V1"
+    assert metrics["trainable_params"] == 10 * 1280 + 10 and metrics["steps"] == 2 * (80 // 16)
+    tuned = torch.load(tmp_path / "head" / "model.pt", weights_only=True)
+    theirs = list(reference.state_dict().values())
+    for (key, value), original in zip(list(tuned.items())[:-2], theirs[:-2]):   # BN statistics included
+        assert torch.equal(value, original), key
+    assert not torch.equal(tuned["classifier.1.weight"], build_model("efficientnet_b0", 10).classifier[1].weight)
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert config["notes"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]      # the weights' own
+    assert config["notes"]["frozen"]["frozen_bn"] > 0
+
+
+def test_fine_tuning_everything_updates_the_backbone(cached_b0, cifar_root, tmp_path):
+    reference, _ = cached_b0
+    metrics = train(fine_tune_config(cifar_root, "all", max_steps=2), tmp_path / "all", progress=False,
+                    log=lambda *a: None)
+    assert metrics["trainable_params"] == metrics["num_params"] and metrics["steps"] == 2
+    tuned = torch.load(tmp_path / "all" / "model.pt", weights_only=True)
+    assert not torch.equal(tuned["stem.conv.weight"], reference.features[0][0].weight)
+
+
+def test_pretrained_from_a_run_of_ours(tiny_model_run, tmp_path):
+    folder, model = tiny_model_run
+    fresh = build_model("efficientnetv2_s", 4, **TINY)
+    assert load_pretrained(fresh, str(folder)) == str(folder / "model.pt")
+    ours = model.state_dict()
+    loaded = fresh.state_dict()
+    assert all(torch.equal(loaded[k], ours[k]) for k in ours if not k.startswith("classifier"))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_pretrained(build_model("efficientnetv2_s", 4, width_mult=0.5, depth_mult=0.1), str(folder))
+    with pytest.raises(ValueError, match="neither a torchvision weights name"):
+        load_pretrained(fresh, str(tmp_path / "nowhere"))
+
+
+@pytest.fixture
+def tiny_model_run(tmp_path):
+    folder = tmp_path / "ours"
+    folder.mkdir()
+    model = tiny(10)
+    torch.save(model.state_dict(), folder / "model.pt")
+    return folder, model
+
+
+def test_transfer_budgets_live_in_the_profile_table():
+    plan = study("paper", "transfer")
+    assert plan["train"]["model"] == "efficientnetv2_s" and set(plan["modes"]) == {"head", "all"}
+    config = config_for("quick", "cifar100", "transfer", **plan["modes"]["head"])
+    assert config.pretrained == "DEFAULT" and config.model == "efficientnet_b0" and config.optimizer == "adamw"
+    assert config.schedule["size"] == [128, 128] and config.model_overrides == {}
+    with pytest.raises(ValueError, match="unknown study"):
+        study("quick", "distillation")
     with pytest.raises(ValueError, match="unknown profile"):
-        transfer_settings("fast")
-    assert set(transfer.TRANSFER_PROFILES) == {"smoke", "quick", "paper"}
+        study("fast", "transfer")
 
 
 def test_transfer_targets():
-    assert transfer.transfer_targets("fashion_mnist", ["cifar100", "cifar10"]) == ["cifar100", "cifar10"]
-    assert transfer.transfer_targets("cifar10", ["CIFAR-100", "cifar10"]) == ["cifar10", "cifar100"]
-    assert transfer.transfer_targets("cifar100", "cifar10") == ["cifar10"]
+    assert transfer_targets("fashion_mnist", ["cifar100", "cifar10"]) == ["cifar100", "cifar10"]
+    assert transfer_targets("cifar10", ["CIFAR-100", "cifar10"]) == ["cifar10", "cifar100"]
+    assert transfer_targets("cifar100", "cifar10") == ["cifar10"]
     with pytest.raises(ValueError, match=r"unknown transfer dataset\(s\) \['imagenet'\]"):
-        transfer.transfer_targets("cifar100", ["cifar10", "imagenet"])
+        transfer_targets("cifar100", ["cifar10", "imagenet"])
     with pytest.raises(ValueError, match="empty"):
-        transfer.transfer_targets("cifar100", [])
+        transfer_targets("cifar100", [])

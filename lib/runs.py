@@ -1,0 +1,335 @@
+"""Run folders: what a training run leaves on disk, written so that no finished run is ever lost.
+
+A run folder holds::
+
+    config.json     settings, schedule, model signature, data source, command, environment
+    metrics.csv     one row per epoch (the same rows in history.json)
+    checkpoints/    epoch_NNNN.pt, the last K kept
+    model.pt        the final weights (the EMA weights when EMA is on)
+    metrics.json    written last: a folder with it holds a finished run
+    .lock           held (flock) by the one process writing here
+
+Every file is written to a temporary name unique to the process and renamed into place, so a
+reader never sees half a file and a kill never leaves one behind under the real name. A write
+that fails (disk full, no permission) removes its temporary file and becomes one line naming the
+folder. ``--overwrite`` sets the old run aside in ``.replaced/`` and deletes it only once the new
+run has written its first checkpoint; a new run that fails before that puts the old one back.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = "checkpoints"
+ASIDE = ".replaced"
+LOCK = ".lock"
+RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "history.json", "model.pt", CHECKPOINTS)
+NOTEBOOK_ENV = "EFFNETV2_NOTEBOOK"    # set by lib.notebook.start: which notebook, with which parameters
+MAKE_ENV = "EFFNETV2_MAKE"            # set by the Makefile: which make target ran the notebooks
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on; the message says why and what to do."""
+
+
+class RunFolderError(TrainingError):
+    """A run folder that cannot be used or written; the message names it and says what to do."""
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """Relative paths are relative to the repository, wherever Python or the kernel was started."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """Repository-relative when inside it: results say ``runs/...``, not one machine's absolute path."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------- writing files
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a process-unique temporary name, then rename it to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RunFolderError(f"cannot write {path.name} in {path.parent}: {_reason(e)}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _reason(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device; free some space and resume with --resume"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied; choose a writable --out"
+    return error.strerror or str(error)
+
+
+def write_json(path: Path, payload) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(payload, indent=2, default=str) + "\n"))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    def write(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    if rows:
+        atomic_write(path, write)
+
+
+def save_torch(path: Path, obj) -> None:
+    atomic_write(path, lambda p: torch.save(obj, p))
+
+
+# ---------------------------------------------------------------- what produced a run
+
+def environment() -> dict:
+    """Hardware and software versions, recorded with every result."""
+    import torchvision
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "device": device, "cpu_count": os.cpu_count(),
+            "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+def cpu_flags() -> str:
+    """The vector extensions that decide CPU speed here (AVX2 vs AVX-512 machines run 2x apart)."""
+    for line in _cpuinfo():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return " ".join(sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")))
+    return ""
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def command() -> str:
+    """How this process was started, as a command someone can run again.
+
+    A notebook run names the notebook and its parameters (set by ``lib.notebook.start``) and, under
+    ``make reproduce``, the make target; a terminal run names ``python -m lib.train ...``.
+    """
+    notebook, make = os.environ.get(NOTEBOOK_ENV), os.environ.get(MAKE_ENV)
+    if notebook:
+        return f"{make}  # {notebook}" if make else f"papermill {notebook}"
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main is not None and main.name:
+        return shlex.join(["python", "-m", main.name.removesuffix(".__main__"), *sys.argv[1:]])
+    return shlex.join(["python", *sys.argv])
+
+
+def settings_key(identity: dict) -> str:
+    """A folder name for one set of settings: ``seed<N>-<8 hex digits of the settings>``."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return f"seed{identity.get('seed', 0)}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+# ---------------------------------------------------------------- the folder
+
+class RunFolder:
+    """One run's folder: checks before work, a lock while writing, checkpoints, outputs."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = resolve(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / "metrics.json").is_file()
+
+    def checkpoints(self) -> list[Path]:
+        return sorted((self.path / CHECKPOINTS).glob("epoch_*.pt"))
+
+    def read_json(self, name: str):
+        return json.loads((self.path / name).read_text())
+
+    def write_json(self, name: str, payload) -> None:
+        write_json(self.path / name, payload)
+
+    def write_csv(self, name: str, rows: list[dict]) -> None:
+        write_csv(self.path / name, rows)
+
+    def save_torch(self, name: str, obj) -> None:
+        save_torch(self.path / name, obj)
+
+    # -- before any work
+
+    def check(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse, in one line, what cannot work: a file in the way, a finished run without
+        ``--overwrite``, an unfinished one without ``--resume``, ``--resume`` with nothing to resume."""
+        if resume and overwrite:
+            raise RunFolderError("--resume and --overwrite exclude each other: choose one")
+        for parent in (self.path, *self.path.parents):
+            if parent.exists() and not parent.is_dir():
+                raise RunFolderError(f"--out {self.path}: {parent} is a file, not a folder")
+        self.recover()
+        found = self.checkpoints()
+        if overwrite:
+            return
+        if self.finished and resume:
+            raise RunFolderError(f"{self.path} is already finished; nothing to resume (--overwrite starts again)")
+        if self.finished:
+            raise RunFolderError(f"{self.path} holds a finished run (metrics.json); pass --overwrite to "
+                                 f"replace it or choose another --out")
+        if found and not resume:
+            raise RunFolderError(f"{self.path} holds an unfinished run ({found[-1].name}); pass --resume to "
+                                 f"continue it or --overwrite to start again")
+        if resume and not found:
+            raise RunFolderError(f"--resume: no checkpoint in {self.path / CHECKPOINTS}")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's lock while this process writes into it; a second writer is refused
+        at once with the holder's pid. The operating system releases the lock if the holder dies."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"cannot write in {self.path}: {_reason(e)}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise RunFolderError(f"{self.path} is in use by another training process (pid {holder}); "
+                                     f"wait for it to finish or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield self
+        finally:
+            os.close(fd)
+
+    # -- replacing a run without losing it
+
+    def set_aside(self) -> bool:
+        """Move the old run's files into ``.replaced/`` (``--overwrite``); True if there were any."""
+        aside = self.path / ASIDE
+        present = [name for name in RUN_FILES if (self.path / name).exists()]
+        if not present:
+            return False
+        try:
+            aside.mkdir(exist_ok=True)
+            for name in present:
+                os.replace(self.path / name, aside / name)
+        except OSError as e:
+            raise RunFolderError(f"cannot set the old run in {self.path} aside: {_reason(e)}") from None
+        return True
+
+    def drop_aside(self) -> None:
+        """The new run has a checkpoint: the old one can go."""
+        shutil.rmtree(self.path / ASIDE, ignore_errors=True)
+
+    def recover(self) -> bool:
+        """Put a run set aside back if its replacement never wrote a checkpoint (killed or failed early)."""
+        aside = self.path / ASIDE
+        if not aside.is_dir() or self.checkpoints():
+            if aside.is_dir():
+                self.drop_aside()
+            return False
+        for name in RUN_FILES:
+            if (aside / name).exists():
+                target = self.path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+                os.replace(aside / name, target)
+        shutil.rmtree(aside, ignore_errors=True)
+        return True
+
+    # -- checkpoints
+
+    def save_checkpoint(self, state: dict, keep: int) -> Path:
+        folder = self.path / CHECKPOINTS
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"cannot write in {folder}: {_reason(e)}") from None
+        path = folder / f"epoch_{state['epoch']:04d}.pt"
+        save_torch(path, state)
+        for old in self.checkpoints()[:-keep]:
+            old.unlink()
+        return path
+
+    def load_checkpoint(self, map_location, log=print) -> tuple[Path, dict]:
+        """The newest checkpoint that loads, trying newest to oldest; unreadable ones are named
+        (and kept, for inspection), never deleted."""
+        bad = []
+        for path in reversed(self.checkpoints()):
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=False)
+                if not isinstance(state, dict) or not {"epoch", "model", "optimizer"} <= set(state):
+                    raise ValueError("not a checkpoint of this trainer")
+            except Exception as e:  # truncated, empty, garbage: every loader error type
+                reason = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+                log(f"skipping {path.name}: cannot be loaded ({reason})")
+                bad.append(path.name)
+                continue
+            return path, state
+        raise RunFolderError(f"--resume: no readable checkpoint in {self.path / CHECKPOINTS} "
+                             f"(unreadable: {', '.join(bad) or 'none'}); --overwrite starts again")
+
+    # -- reuse
+
+    def finished_with(self, identity: dict, defaults: dict) -> dict | None:
+        """The metrics of a finished run made with the settings ``identity``, or None.
+
+        A setting added since that run was made counts as its default (``defaults``); a setting
+        that no longer exists is ignored."""
+        if not self.finished or not (self.path / "config.json").is_file():
+            return None
+        try:
+            saved = self.read_json("config.json")["identity"]
+            metrics = self.read_json("metrics.json")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        wanted = json.loads(json.dumps(identity, default=str))
+        then = json.loads(json.dumps(defaults, default=str))
+        then.update({k: v for k, v in saved.items() if k in wanted})
+        return metrics if then == wanted else None
+
+
+__all__ = ["REPO_ROOT", "RunFolder", "RunFolderError", "TrainingError", "resolve", "atomic_write", "write_json", "write_csv",
+           "save_torch", "environment", "command", "settings_key", "cpu_name", "cpu_flags", "display_path"]
