@@ -128,7 +128,9 @@ def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: f
         raise UnknownDatasetError(
             f"unknown dataset {name!r}: known ones are {', '.join(KNOWN_DATASETS)}, "
             f"or the path of an image folder (one sub-folder per class)")
-    train, val = stratified_split(train_full, val_fraction, seed)
+    for split_name, split in (("training", train_full), ("test", test)):
+        check_labels(split, len(classes), f"{source} ({split_name} split)")
+    train, val = stratified_split(train_full, val_fraction, seed, classes)
     if limit is not None:
         train, val, test = (_stratified_head(s, limit) for s in (train, val, test))
     mean, std = channel_stats(train.images)
@@ -138,7 +140,8 @@ def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: f
 
 # ---------------------------------------------------------------- splitting and statistics
 
-def stratified_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+def stratified_split(split: Split, val_fraction: float, seed: int,
+                     classes: tuple[str, ...] | list[str] | None = None) -> tuple[Split, Split]:
     """Deterministic per-class split: the same seed gives the same validation images anywhere."""
     if val_fraction == 0:
         return split, Split(split.images[:0], split.labels[:0])
@@ -146,12 +149,26 @@ def stratified_split(split: Split, val_fraction: float, seed: int) -> tuple[Spli
     val_idx = []
     for c in torch.unique(split.labels).tolist():
         idx = torch.nonzero(split.labels == c).flatten()
+        if len(idx) < 2:
+            name = repr(classes[c]) if classes is not None else c
+            raise DatasetError(f"class {name} has {len(idx)} image: at least 2 per class are needed to keep one "
+                               f"apart (validation or test)")
         idx = idx[torch.randperm(len(idx), generator=g)]
         val_idx.append(idx[: max(1, round(len(idx) * val_fraction))])
     val_mask = torch.zeros(len(split), dtype=torch.bool)
     val_mask[torch.cat(val_idx)] = True
     return (Split(split.images[~val_mask], split.labels[~val_mask]),
             Split(split.images[val_mask], split.labels[val_mask]))
+
+
+def check_labels(split: Split, num_classes: int, where: str) -> None:
+    """Every label names a class: a bad one fails here, not in the middle of an epoch's loss."""
+    if len(split) == 0:
+        raise DatasetError(f"{where}: no images")
+    low, high = int(split.labels.min()), int(split.labels.max())
+    if low < 0 or high >= num_classes:
+        raise CorruptDataError(f"{where}: labels run from {low} to {high}, but there are {num_classes} classes "
+                               f"(0..{num_classes - 1}); the label file does not match the data")
 
 
 def _stratified_head(split: Split, limit: int) -> Split:
@@ -353,21 +370,26 @@ def _load_image_folder(folder: Path, image_size: int, seed: int):
     """``folder/<class>/*.png`` (split into train/test by ``seed``) or ``folder/{train,test}/<class>/``."""
     if (folder / "train").is_dir() and (folder / "test").is_dir():
         classes = _folder_classes(folder / "train")
+        test_classes = _folder_classes(folder / "test", at_least=1)
+        if test_classes != classes:
+            missing, extra = sorted(set(classes) - set(test_classes)), sorted(set(test_classes) - set(classes))
+            raise DatasetError(f"{folder}: train/ and test/ must hold the same classes; test/ lacks {missing or 'none'}"
+                               f", has extra {extra or 'none'}")
         train = _read_image_files(folder / "train", classes, image_size)
         test = _read_image_files(folder / "test", classes, image_size)
     else:
         classes = _folder_classes(folder)
-        train, test = stratified_split(_read_image_files(folder, classes, image_size), 0.2, seed + 1)
+        train, test = stratified_split(_read_image_files(folder, classes, image_size), 0.2, seed + 1, classes)
     return train, test, classes, str(folder)
 
 
-def _folder_classes(folder: Path) -> list[str]:
+def _folder_classes(folder: Path, at_least: int = 2) -> list[str]:
     classes = sorted(d.name for d in folder.iterdir()
                      if d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()))
     if not classes:
         raise DataNotFoundError(f"{folder}: no images found; expected one sub-folder per class "
                                 f"holding {'/'.join(sorted(IMAGE_SUFFIXES))} files")
-    if len(classes) < 2:
+    if len(classes) < at_least:
         raise DatasetError(f"{folder}: only one class ({classes[0]!r}) has images; "
                            f"classification needs at least two")
     return classes

@@ -92,7 +92,10 @@ def phase_table(rows: list[dict], epochs: int | None = None) -> Schedule:
     stages, expected_first = [], 1
     for i, row in enumerate(rows):
         row = dict(row)
-        first, last = row.pop("epochs")
+        span = row.pop("epochs", None)
+        if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(e, int) for e in span)):
+            raise ValueError(f"phase {i}: epochs must be [first, last] epoch numbers, got {span!r}")
+        first, last = span
         if first != expected_first or last < first:
             raise ValueError(f"phase {i} covers epochs {first}-{last}; it must start at epoch "
                              f"{expected_first} and end at or after it (phases must be contiguous)")
@@ -102,6 +105,11 @@ def phase_table(rows: list[dict], epochs: int | None = None) -> Schedule:
                              f"{', '.join(REGULARIZERS)}")
         if "image_size" not in row:
             raise ValueError(f"phase {i}: image_size is missing")
+        bad = [k for k in (*REGULARIZERS, "image_size") if k in row
+               and (isinstance(row[k], bool) or not isinstance(row[k], (int, float)))]
+        if bad or not float(row["image_size"]).is_integer():
+            raise ValueError(f"phase {i}: {', '.join(bad) or 'image_size'} must be a number "
+                             f"(image_size whole pixels), got {row.get((bad or ['image_size'])[0])!r}")
         values = {k: float(row.get(k, 0)) for k in REGULARIZERS}
         stages.append(Stage(i, first - 1, last, int(row["image_size"]), **values))
         expected_first = last + 1
@@ -114,6 +122,11 @@ def phase_table(rows: list[dict], epochs: int | None = None) -> Schedule:
 
 
 def _validated(schedule: Schedule) -> Schedule:
+    for earlier, later in zip(schedule, schedule[1:]):
+        if later.image_size < earlier.image_size:
+            raise ValueError(f"image size shrinks from {earlier.image_size}px (stage {earlier.index}) to "
+                             f"{later.image_size}px (stage {later.index}): progressive learning grows images; "
+                             f"give sizes from small to large")
     for s in schedule:
         if s.image_size <= 0:
             raise ValueError(f"stage {s.index}: image size must be positive, got {s.image_size}")
@@ -144,15 +157,26 @@ def schedule_from_spec(spec: dict, epochs: int) -> Schedule:
     """Build a schedule from a profile's plain-literal spec (what YAML and papermill can carry).
 
     ``{"phases": [...]}`` or ``{"coursework": "fashion_mnist"}`` for a phase table, otherwise the
-    keyword arguments of :func:`algorithm1` (``num_stages``, ``size`` and ``(first, last)`` pairs).
+    keyword arguments of :func:`algorithm1` (``num_stages``, ``size`` and ``(first, last)`` pairs,
+    or one value for both). Shape, types and order are checked here, with one-line errors.
     """
+    if not isinstance(spec, dict):
+        raise ValueError(f"schedule must be a mapping (size, num_stages, ...), got {spec!r}")
+    kinds = [k for k in ("coursework", "phases", "size") if k in spec]
+    if len(kinds) > 1:
+        raise ValueError(f"schedule mixes {' and '.join(kinds)}: give Algorithm-1 ranges (size, ...), "
+                         f"a phase table (phases) or a coursework table, not several")
     spec = dict(spec)
     if "coursework" in spec:
         name = spec.pop("coursework")
+        if spec:
+            raise ValueError(f"a coursework schedule takes no other settings, got {sorted(spec)}")
         if name not in COURSEWORK_TABLES:
             raise ValueError(f"unknown coursework table {name!r}: known ones are {', '.join(COURSEWORK_TABLES)}")
         return phase_table(COURSEWORK_TABLES[name], epochs)
     if "phases" in spec:
+        if not isinstance(spec["phases"], list) or not all(isinstance(r, dict) for r in spec["phases"]):
+            raise ValueError("phases must be a list of mappings like {epochs: [1, 20], image_size: 28, ...}")
         return phase_table(spec["phases"], epochs)
     if "size" not in spec:
         raise ValueError("a schedule needs 'size': [first, last] image sizes (or 'phases' / 'coursework')")
@@ -160,6 +184,20 @@ def schedule_from_spec(spec: dict, epochs: int) -> Schedule:
     unknown = set(spec) - allowed
     if unknown:
         raise ValueError(f"unknown schedule setting(s) {sorted(unknown)}; known: {', '.join(sorted(allowed))}")
-    pairs = {k: tuple(v) if isinstance(v, (list, tuple)) else (v, v) for k, v in spec.items() if k != "num_stages"}
-    return algorithm1(epochs, int(spec.get("num_stages", 1)), **pairs)
+    num_stages = spec.pop("num_stages", 1)
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int):
+        raise ValueError(f"num_stages must be an integer, got {num_stages!r}")
+    pairs = {k: _pair(k, v) for k, v in spec.items()}
+    if not all(float(v).is_integer() for v in pairs["size"]):
+        raise ValueError(f"size must be whole pixels, got {spec['size']!r}")
+    if pairs["size"][1] < pairs["size"][0]:
+        raise ValueError(f"size {list(pairs['size'])} shrinks: progressive learning grows images; give [small, large]")
+    return algorithm1(epochs, num_stages, **pairs)
 
+
+def _pair(name: str, value) -> tuple[float, float]:
+    """(first, last) from a number or a two-element list of numbers."""
+    values = value if isinstance(value, (list, tuple)) else [value, value]
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"schedule {name} must be a number or [first, last] numbers, got {value!r}")
+    return tuple(values)

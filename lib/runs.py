@@ -67,25 +67,42 @@ def display_path(path: str | os.PathLike) -> str:
 # ---------------------------------------------------------------- writing files
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a process-unique temporary name, then rename it to ``path``."""
+    """``write(tmp)`` to a process-unique temporary name, then rename it to ``path``.
+
+    A failed write removes the temporary file and becomes one line naming the file and folder.
+    torch.save reports a full disk as a RuntimeError without an errno ("unexpected pos ..."), so
+    the free space is read before the partial file goes.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        full = _free_bytes(path.parent) < 1 << 20
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise RunFolderError(f"cannot write {path.name} in {path.parent}: {_reason(e)}") from None
+        if isinstance(e, RuntimeError) and not full and "inline_container" not in str(e):
+            raise
+        reason = _reason(e) if isinstance(e, OSError) and not full else _reason(OSError(errno.ENOSPC, "")) \
+            if full else f"the write failed ({' '.join(str(e).split())[:120]})"
+        raise RunFolderError(f"cannot write {path.name} in {path.parent}: {reason}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
 
 
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
+
+
 def _reason(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
-        return "no space left on the device; free some space and resume with --resume"
+        return "no space left on the device; free some space and run again (--resume continues from the last checkpoint)"
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "permission denied; choose a writable --out"
     return error.strerror or str(error)
@@ -294,8 +311,8 @@ class RunFolder:
         return path
 
     def load_checkpoint(self, map_location, log=print) -> tuple[Path, dict]:
-        """The newest checkpoint that loads, trying newest to oldest; unreadable ones are named
-        (and kept, for inspection), never deleted."""
+        """The newest checkpoint that loads, trying newest to oldest. An unreadable one is named and
+        kept for inspection as ``<name>.unreadable`` (never deleted, never overwritten by the resumed run)."""
         bad = []
         for path in reversed(self.checkpoints()):
             try:
@@ -304,7 +321,10 @@ class RunFolder:
                     raise ValueError("not a checkpoint of this trainer")
             except Exception as e:  # truncated, empty, garbage: every loader error type
                 reason = " ".join(f"{type(e).__name__}: {e}".split())[:160]
-                log(f"skipping {path.name}: cannot be loaded ({reason})")
+                kept = path.with_name(path.name + ".unreadable")
+                with contextlib.suppress(OSError):
+                    os.replace(path, kept)
+                log(f"skipping {path.name}: cannot be loaded ({reason}); kept as {kept.name}")
                 bad.append(path.name)
                 continue
             return path, state

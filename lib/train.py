@@ -151,6 +151,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     try:
         if ctx.is_main:
             folder.check(resume=resume, overwrite=overwrite)          # refusals come before any work
+        check_model_settings(config, schedule)
         distributed.barrier(ctx)
         with folder.lock() if ctx.is_main else contextlib.nullcontext():
             data = load_data(config, ctx)
@@ -180,21 +181,31 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
         distributed.teardown(ctx)
 
 
+def check_model_settings(config: TrainConfig, schedule: Schedule) -> None:
+    """The model's name and overrides, and every stage's image size against its minimum, checked
+    on the meta device (shapes only, instant) before any data loads: one-line errors."""
+    try:
+        with torch.device("meta"):
+            model = build_model(config.model, 10, 3, **config.model_overrides)
+    except TypeError as e:
+        raise ValueError(f"model_overrides {config.model_overrides} do not fit {config.model}: {e}") from None
+    for stage in schedule:
+        check_input_size(model, stage.image_size, f" in stage {stage.index}")
+
+
 def load_data(config: TrainConfig, ctx: distributed.Context) -> Dataset:
     """The dataset's splits as uint8 tensors on the training device (labels checked at load)."""
     return load_dataset(config.dataset, resolve(config.data_root), val_fraction=config.val_fraction,
                         seed=config.seed, device=ctx.device, limit=config.limit, download=config.download)
 
 
-def build_network(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distributed.Context) -> tuple[nn.Module, dict]:
-    """The model, pretrained and frozen as configured, on the device; every stage's image size
-    checked against it. Returns the model and what was loaded and frozen (for config.json)."""
+def build_network(config: TrainConfig, data: Dataset, ctx: distributed.Context) -> tuple[nn.Module, dict]:
+    """The model, pretrained and frozen as configured, on the device. Returns the model and what
+    was loaded and frozen (for config.json)."""
     notes = {}
     torch.manual_seed(config.seed)
     in_channels = 3 if uses_weights_preprocessing(config) else data.in_channels
     model = build_model(config.model, data.num_classes, in_channels, **config.model_overrides)
-    for stage in schedule:
-        check_input_size(model, stage.image_size, f" in stage {stage.index}")
     if config.pretrained:
         notes["pretrained"] = load_pretrained(model, config.pretrained, download=config.download,
                                               progress=ctx.is_main)
@@ -210,7 +221,7 @@ def build_network(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: d
 def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distributed.Context) -> Training:
     """The network and everything that updates it: optimizer, learning rate, EMA, the wrappers a
     step calls (DDP, compile), augmentation with the right preprocessing, and the loaders."""
-    model, notes = build_network(config, schedule, data, ctx)
+    model, notes = build_network(config, data, ctx)
     if config.batch_size % ctx.world_size:
         raise TrainingError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} processes")
     train_loader = DeviceLoader(data.train, config.batch_size // ctx.world_size, shuffle=True, drop_last=True,
@@ -311,8 +322,8 @@ def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, pr
             if not math.isfinite(running):
                 last = folder.checkpoints()
                 raise Diverged(f"loss became {running} in epoch {epoch + 1} (step {t.steps}); the last good "
-                               f"checkpoint is {last[-1] if last else 'none (first epoch)'}; lower the "
-                               f"learning rate or check the data")
+                               f"checkpoint is {last[-1] if last else 'none (first epoch)'}; start again with "
+                               f"a lower learning rate (--overwrite --lr ...) or check the data")
             bar.set_postfix(loss=f"{running:.3f}")
         if c.max_steps is not None and t.steps >= c.max_steps:
             break
