@@ -264,3 +264,37 @@ def test_all_names_build():
         model = meta_model(name, 10)
         assert hasattr(model, "set_dropout") and hasattr(model, "set_drop_path_rate")
         assert isinstance(model.min_input_size, int)
+
+
+@pytest.mark.parametrize("shape, stride", [((4, 12, 2, 2), 1), ((4, 12, 1, 1), 1), ((4, 12, 2, 3), 1),
+                                           ((4, 12, 3, 3), 2), ((4, 12, 2, 2), 2), ((4, 12, 5, 5), 1)])
+def test_depthwise_weight_gradient_on_small_maps_equals_pytorchs(shape, stride):
+    """DepthwiseConv2d sums the weight gradient tap by tap where oneDNN is slow (map smaller than
+    the kernel); output and both gradients must equal nn.Conv2d's, channels_last and bf16 included."""
+    from lib.models.blocks import DepthwiseConv2d
+    torch.manual_seed(0)
+    ours = DepthwiseConv2d(12, 12, 3, stride, 1, groups=12, bias=False)
+    reference = torch.nn.Conv2d(12, 12, 3, stride, 1, groups=12, bias=False)
+    reference.load_state_dict(ours.state_dict())
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(shape).contiguous(memory_format=memory_format).requires_grad_()
+        y, y_ref = ours(x), reference(x)
+        grad = torch.randn_like(y)
+        gx, gw = torch.autograd.grad(y, (x, ours.weight), grad)
+        gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, reference.weight), grad)
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+        torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gw, gw_ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(torch.randn(shape).requires_grad_())
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and ours.weight.grad.dtype == torch.float32
+
+
+def test_depthwise_convs_are_the_small_map_kind_and_weights_still_load():
+    from lib.models.blocks import DepthwiseConv2d
+    model = build_model("efficientnetv2_s", 10, width_mult=0.25, depth_mult=0.1)
+    depthwise = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    assert depthwise and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    assert all(type(m) is torch.nn.Conv2d for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d) and m.groups == 1)

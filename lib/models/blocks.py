@@ -9,6 +9,7 @@ position (see ``torchvision_compat.py``).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # PyTorch convention: new_running = (1 - momentum) * running + momentum * batch.
@@ -47,14 +48,62 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
+class _SmallMapDepthwise(torch.autograd.Function):
+    """Depthwise convolution whose weight gradient is summed tap by tap.
+
+    oneDNN's CPU kernel for that gradient falls to a slow path when the feature map is smaller
+    than the kernel (EfficientNet's last stages are 1x1-2x2 at 28-32 px input): 40-55 ms for
+    256 x 528 x 2 x 2, against 2.5 ms as k*k products and sums (``benchmarks/cpu_training.py``).
+    Forward and input gradient are PyTorch's own kernels; the result is the same up to rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride: int, padding: int):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        s, p, channels, k = ctx.stride, ctx.padding, weight.shape[0], weight.shape[-1]
+        xx, ww = x.to(grad.dtype), weight.to(grad.dtype)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, xx, ww, None, [s, s], [p, p], [1, 1], False, [0, 0], channels, [True, False, False])[0]
+            grad_x = grad_x.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            padded, (h, w) = F.pad(xx, (p, p, p, p)), grad.shape[-2:]
+            taps = grad.new_empty(channels, k * k)
+            for i in range(k):
+                for j in range(k):
+                    window = padded[:, :, i:i + s * (h - 1) + 1:s, j:j + s * (w - 1) + 1:s]
+                    taps[:, i * k + j] = (grad * window).sum((0, 2, 3))
+            grad_w = taps.view_as(weight).to(weight.dtype)
+        return grad_x, grad_w, None, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with groups == channels (same parameters, same state_dict); on a CPU, in
+    training, a map smaller than the kernel takes ``_SmallMapDepthwise``'s weight gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size[0]
+        if (x.device.type == "cpu" and torch.is_grad_enabled() and self.bias is None
+                and (x.shape[-2] < k or x.shape[-1] < k)):
+            return _SmallMapDepthwise.apply(x, self.weight, self.stride[0], self.padding[0])
+        return super().forward(x)
+
+
 class ConvBNAct(nn.Sequential):
     """Conv (no bias, 'same' padding for odd kernels) -> BatchNorm -> optional SiLU."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1,
                  act: bool = True, bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM):
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2,
-                              groups=groups, bias=False)
+        conv = DepthwiseConv2d if groups > 1 and groups == in_ch == out_ch else nn.Conv2d
+        self.conv = conv(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
         # In-place SiLU is safe: BatchNorm's backward does not need its own output.
         self.act = nn.SiLU(inplace=True) if act else nn.Identity()
