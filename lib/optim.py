@@ -1,4 +1,4 @@
-"""The optimizer and its learning rate, set before every step by one rule.
+"""The optimizer, its learning rate (set before every step by one rule) and the EMA of its weights.
 
 Weight decay is a progressive-learning regularizer (it changes per stage), so it lives in the
 optimizer's ``scheduled_decay`` group and the trainer sets it at each stage; BatchNorm and biases
@@ -89,3 +89,22 @@ class LearningRate:
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau = dict(state)
+
+
+def ema_of(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics, warmed up.
+
+    At update t the decay is min(decay, (1 + t) / (10 + t)): early updates follow the model
+    closely, so the random initial weights and BatchNorm's initial running variance of 1 fade at
+    once. Without it they keep the weight decay**t (3% after 1,700 updates at 0.998), and a late
+    BatchNorm whose true variance is 0.003 normalizes with 0.03: the average predicts at chance.
+    Computed on the device, without a host synchronisation per step.
+    """
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():                  # BatchNorm's num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        weight = 1 - torch.clamp((1 + updates) / (10 + updates), max=decay).to(averaged[0].dtype)
+        torch._foreach_lerp_(averaged, current, weight)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)

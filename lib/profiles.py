@@ -95,10 +95,11 @@ class TrainConfig:
     flip: bool = True
     ema_decay: float = setting(0.0, fraction)                   # 0: no EMA of weights
     tta_flip: bool = False               # test-time flip augmentation for the final test number
-    # speed (none of these changes what is learned)
-    amp: bool = True                     # bf16 autocast, CUDA only
-    channels_last: bool = True           # CUDA, and CPU too (mkldnn convolutions)
-    compile: bool = False                # torch.compile: one compilation per stage (new image size)
+    accumulate: int = setting(1, positive)                      # micro-batches per optimizer step (batch_size is their sum)
+    # speed
+    amp: str = setting("auto", one_of("auto", "bf16", "fp16", "off"))   # auto: bf16/fp16 on a GPU, fp32 on a CPU
+    channels_last: bool = setting(True, safe=True)              # CUDA, and CPU too (mkldnn convolutions)
+    compile: str = setting("off", one_of("off", "auto", "inductor", "aot_eager", "eager"), safe=True)
     sync_bn: bool = True                 # under torchrun
     # data and bookkeeping
     profile: str = setting("", safe=True)                     # the named profile these settings started from
@@ -223,7 +224,7 @@ PROFILES: dict[str, dict] = {
         # trains at 28 px, below the standard stem's minimum, so V2-S uses the small-input stem.
         "model": "efficientnetv2_s", "model_overrides": {"small_input": True},
         "epochs": 100, "batch_size": 128, "optimizer": "adam", "lr": 1e-3,
-        "scheduler": "exponential", "gamma": 0.99, "label_smoothing": 0.1, "compile": True,
+        "scheduler": "exponential", "gamma": 0.99, "label_smoothing": 0.1, "compile": "auto",
         "schedule": {"coursework": "fashion_mnist"},
         "datasets": {
             "cifar10": {"model": "efficientnetv2_m", "model_overrides": {"small_input": False},

@@ -218,9 +218,7 @@ class RunFolder:
         ``--overwrite``, an unfinished one without ``--resume``, ``--resume`` with nothing to resume."""
         if resume and overwrite:
             raise RunFolderError("--resume and --overwrite exclude each other: choose one")
-        for parent in (self.path, *self.path.parents):
-            if parent.exists() and not parent.is_dir():
-                raise RunFolderError(f"--out {self.path}: {parent} is a file, not a folder")
+        self.check_path()
         self.recover()
         found = self.checkpoints()
         if overwrite:
@@ -235,6 +233,12 @@ class RunFolder:
                                  f"continue it or --overwrite to start again")
         if resume and not found:
             raise RunFolderError(f"--resume: no checkpoint in {self.path / CHECKPOINTS}")
+
+    def check_path(self) -> None:
+        """The folder, or where it would be made, is not a file."""
+        for parent in (self.path, *self.path.parents):
+            if parent.exists() and not parent.is_dir():
+                raise RunFolderError(f"--out {self.path}: {parent} is a file, not a folder")
 
     @contextlib.contextmanager
     def lock(self):

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import device, distributed
 from .augment import BatchAugmenter
 from .data import Dataset, DatasetError, DeviceLoader, load_dataset
-from .models import build_model, check_input_size, count_parameters
-from .optim import LearningRate, make_optimizer, set_weight_decay
+from .models import build_model, check_input_size, count_flops, count_parameters
+from .optim import LearningRate, ema_of, make_optimizer, set_weight_decay
 from .profiles import TrainConfig, config_for, safe_settings
 from .progressive import Schedule, Stage, schedule_from_spec
 from .runs import RunFolder, RunFolderError, TrainingError, command, display_path, environment, resolve, settings_key
@@ -122,7 +122,8 @@ class Training:
     augmenter: BatchAugmenter
     train_loader: DeviceLoader
     val_loader: DeviceLoader
-    autocast: object
+    precision: device.Precision
+    compiler: device.Compiler
     signature: dict
     notes: dict = field(default_factory=dict)   # what was loaded and frozen, for config.json
     history: list = field(default_factory=list)
@@ -130,6 +131,15 @@ class Training:
     steps: int = 0                      # optimizer steps taken
     aside: bool = False                 # an old run waits in .replaced/ for our first checkpoint
     started: float = field(default_factory=time.perf_counter)
+    flops_per_image: dict = field(default_factory=dict)   # image size -> forward FLOPs of one image
+
+    def train_flops(self, image_size: int, images: int) -> float:
+        """Training compute of ``images`` at ``image_size``: 3 x forward FLOPs (forward + backward),
+        the usual convention, so a result reads as accuracy at a compute budget on any machine."""
+        if image_size not in self.flops_per_image:
+            self.flops_per_image[image_size] = count_flops(unwrap(self.model), image_size,
+                                                           unwrap(self.model).in_channels)
+        return 3.0 * self.flops_per_image[image_size] * images
 
     @property
     def eval_model(self) -> nn.Module:
@@ -152,6 +162,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
         if ctx.is_main:
             folder.check(resume=resume, overwrite=overwrite)          # refusals come before any work
         check_model_settings(config, schedule)
+        device.precision(config.amp, ctx.device)                       # a precision the device lacks: one line
         distributed.barrier(ctx)
         with folder.lock() if ctx.is_main else contextlib.nullcontext():
             data = load_data(config, ctx)
@@ -166,7 +177,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                 stage = schedule.stage_at(epoch)
                 apply_stage(stage, t.model, t.optimizer, t.augmenter)
                 if stage is not current:
-                    log(f"-- {stage.describe()}")
+                    log(f"-- {stage.describe()}" + (f" (compilations so far: {t.compiler.compilations})"
+                                                     if t.compiler.backend else ""))
                     current = stage
                 row = train_one_epoch(t, stage, epoch, folder, progress)
                 end_epoch(t, folder, stage, epoch, row, log)
@@ -222,22 +234,21 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
     """The network and everything that updates it: optimizer, learning rate, EMA, the wrappers a
     step calls (DDP, compile), augmentation with the right preprocessing, and the loaders."""
     model, notes = build_network(config, data, ctx)
-    if config.batch_size % ctx.world_size:
-        raise TrainingError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} processes")
+    if config.batch_size % (ctx.world_size * config.accumulate):
+        raise TrainingError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} process(es) x "
+                            f"{config.accumulate} accumulation step(s)")
     train_loader = DeviceLoader(data.train, config.batch_size // ctx.world_size, shuffle=True, drop_last=True,
                                 seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
     if len(train_loader) == 0:
         raise TrainingError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
     optimizer = make_optimizer(model, config)
-    ema = (torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-        if config.ema_decay else None)
+    ema = ema_of(model, config.ema_decay) if config.ema_decay else None
     step_model = model
     if ctx.distributed:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    if config.compile:
-        step_model = torch.compile(step_model)
+    compiler = device.Compiler(config.compile, ctx.device)
+    step_model = compiler(step_model)
     preprocess = None
     if uses_weights_preprocessing(config):
         weights = config.pretrained if config.pretrained and is_weights_name(config.pretrained) else "DEFAULT"
@@ -248,11 +259,10 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
                                padding_mode=config.crop_mode, preprocess=preprocess)
     signature = {"model": config.model, "overrides": config.model_overrides, "num_classes": data.num_classes,
                  "in_channels": unwrap(model).in_channels, "num_params": count_parameters(model)}
-    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if ctx.device.type == "cuda" and config.amp
-                else contextlib.nullcontext)
     return Training(config, schedule, ctx, data, model, step_model, optimizer,
                     LearningRate(optimizer, config, len(train_loader)), ema, augmenter, train_loader,
-                    DeviceLoader(data.val, config.eval_batch_size, shuffle=False), autocast, signature, notes)
+                    DeviceLoader(data.val, config.eval_batch_size, shuffle=False),
+                    device.precision(config.amp, ctx.device), compiler, signature, notes)
 
 
 def start_fresh(t: Training, folder: RunFolder, overwrite: bool, log) -> None:
@@ -267,8 +277,8 @@ def start_fresh(t: Training, folder: RunFolder, overwrite: bool, log) -> None:
     frozen = t.notes["frozen"]
     log(f"{c.model} ({frozen['total']:,} parameters, {frozen['trainable']:,} trainable"
         f"{', from ' + t.notes['pretrained'] if 'pretrained' in t.notes else ''}) on {d.name}: {len(d.train)} "
-        f"train / {len(d.val)} val / {len(d.test)} test images, {t.ctx.device}, {t.ctx.world_size} process(es)\n"
-        f"{t.schedule.describe()}")
+        f"train / {len(d.val)} val / {len(d.test)} test images, {t.ctx.device}, {t.ctx.world_size} process(es), "
+        f"{t.precision.describe()}, {t.compiler.describe()}\n{t.schedule.describe()}")
 
 
 def restore(t: Training, folder: RunFolder, log) -> None:
@@ -291,6 +301,7 @@ def restore(t: Training, folder: RunFolder, log) -> None:
     t.lr.load_state_dict(state["lr"])
     if t.ema is not None:
         t.ema.load_state_dict(state["ema"])
+    t.precision.scaler.load_state_dict(state.get("scaler") or {})
     t.history, t.epoch, t.steps = state["history"], state["epoch"], state["steps"]
     log(f"resumed from {path} at epoch {t.epoch + 1} "
         f"(stage {t.schedule.stage_at(min(t.epoch, t.config.epochs - 1)).index})")
@@ -302,12 +313,12 @@ def _as_json(value) -> str:
 
 def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, progress: bool) -> dict:
     """One pass over the training split at this stage's settings: loss, accuracy and speed."""
-    device, c = t.ctx.device, t.config
-    gen = epoch_generator(c.seed, epoch, t.ctx.rank, device)
+    c = t.config
+    gen = epoch_generator(c.seed, epoch, t.ctx.rank, t.ctx.device)
     t.train_loader.set_epoch(epoch)
     t.step_model.train()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=t.ctx.device, dtype=torch.float64)
+    correct = torch.zeros((), device=t.ctx.device, dtype=torch.long)
     seen, started = 0, time.perf_counter()
     bar = tqdm(t.train_loader, desc=f"epoch {epoch + 1}/{c.epochs} @{stage.image_size}px",
                disable=not (progress and t.ctx.is_main), leave=False, dynamic_ncols=True)
@@ -327,34 +338,48 @@ def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, pr
             bar.set_postfix(loss=f"{running:.3f}")
         if c.max_steps is not None and t.steps >= c.max_steps:
             break
+    device.synchronize(t.ctx.device)
     seconds = time.perf_counter() - started
     stats = distributed.all_reduce_sum(
-        torch.stack([loss_sum, correct.double(), torch.tensor(seen, device=device, dtype=torch.float64)]), t.ctx)
+        torch.stack([loss_sum, correct.double(), torch.tensor(seen, device=t.ctx.device, dtype=torch.float64)]), t.ctx)
     return {"train_loss": (stats[0] / stats[2]).item(), "train_accuracy": (stats[1] / stats[2]).item(),
-            "started": started, "train_images_per_second": stats[2].item() / seconds}
+            "started": started, "images": int(stats[2].item()), "train_images_per_second": stats[2].item() / seconds}
 
 
 def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, loss, backward and update for one batch: the library's only backward pass."""
+    """Forward, loss, backward and update for one batch: the library's only backward pass.
+
+    With ``accumulate`` = A the batch runs as A micro-batches whose gradients add up to the whole
+    batch's (each loss weighted by its share); under torchrun only the last one synchronizes.
+    """
     t.lr.apply(t.steps)
     if t.config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with t.autocast():
-        logits = t.step_model(x)
-    loss = soft_cross_entropy(logits, targets, t.config.label_smoothing)
     t.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    t.optimizer.step()
+    parts = list(zip(x.chunk(t.config.accumulate), targets.chunk(t.config.accumulate)))
+    losses, logits = [], []
+    for i, (xs, ts) in enumerate(parts):
+        last = i == len(parts) - 1
+        quiet = t.step_model.no_sync() if t.ctx.distributed and not last else contextlib.nullcontext()
+        with quiet:
+            with t.precision.autocast():
+                out = t.step_model(xs)
+            loss = soft_cross_entropy(out, ts, t.config.label_smoothing) * (len(xs) / len(x))
+            t.precision.scaler.scale(loss).backward()
+        losses.append(loss.detach())
+        logits.append(out.detach())
+    t.precision.scaler.step(t.optimizer)
+    t.precision.scaler.update()
     if t.ema is not None:
         t.ema.update_parameters(t.model)
     t.steps += 1
-    return loss, logits
+    return torch.stack(losses).sum(), torch.cat(logits)
 
 
 def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_stats: dict, log) -> None:
     """Validate, step the plateau rule, log one line, and write the epoch's row and checkpoint."""
     c, data = t.config, t.data
-    val_loss, val_acc = (evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.autocast)
+    val_loss, val_acc = (evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast)
                          if len(data.val) else (float("nan"), float("nan")))
     t.lr.end_epoch(val_acc)
     row = {"epoch": epoch + 1, "stage": stage.index, "image_size": stage.image_size,
@@ -364,6 +389,7 @@ def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_st
            "train_accuracy": train_stats["train_accuracy"], "val_loss": val_loss, "val_accuracy": val_acc,
            "epoch_seconds": time.perf_counter() - train_stats["started"],
            "train_images_per_second": train_stats["train_images_per_second"],
+           "train_flops": t.train_flops(stage.image_size, train_stats["images"]),
            "elapsed_seconds": time.perf_counter() - t.started}
     t.history.append(row)
     t.epoch = epoch + 1
@@ -371,11 +397,7 @@ def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_st
         f"{row['train_accuracy']:.2%}  val {val_loss:.4f} / {val_acc:.2%}  lr {row['lr']:.2e}  "
         f"{row['train_images_per_second']:,.0f} img/s  {row['epoch_seconds']:.1f}s")
     if t.ctx.is_main:
-        folder.save_checkpoint({"epoch": t.epoch, "steps": t.steps, "signature": t.signature,
-                                "identity": c.identity(), "config": asdict(c), "model": t.model.state_dict(),
-                                "optimizer": t.optimizer.state_dict(), "lr": t.lr.state_dict(),
-                                "ema": t.ema.state_dict() if t.ema is not None else None,
-                                "history": t.history}, c.keep_checkpoints)
+        folder.save_checkpoint(checkpoint_state(t), c.keep_checkpoints)
         if t.aside:
             folder.drop_aside()
             t.aside = False
@@ -383,11 +405,19 @@ def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_st
         folder.write_json("history.json", t.history)
 
 
+def checkpoint_state(t: Training) -> dict:
+    """Everything ``restore`` needs to continue exactly where this run is."""
+    return {"epoch": t.epoch, "steps": t.steps, "signature": t.signature, "identity": t.config.identity(),
+            "config": asdict(t.config), "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+            "lr": t.lr.state_dict(), "ema": t.ema.state_dict() if t.ema is not None else None,
+            "scaler": t.precision.scaler.state_dict(), "history": t.history}
+
+
 def finish(t: Training, folder: RunFolder, started: float, log) -> dict:
     """One hold-out test evaluation of the final (EMA) weights; model.pt, then metrics.json."""
     c, data = t.config, t.data
     test_loss, test_acc = evaluate(t.eval_model, DeviceLoader(data.test, c.eval_batch_size, shuffle=False),
-                                   t.augmenter.eval_transform, tta_flip=c.tta_flip, autocast=t.autocast)
+                                   t.augmenter.eval_transform, tta_flip=c.tta_flip, autocast=t.precision.autocast)
     wall = time.perf_counter() - started
     metrics = {"dataset": data.name, "model": c.model, "profile": c.profile, "num_params": t.signature["num_params"],
                "trainable_params": t.notes["frozen"]["trainable"], "pretrained": t.notes.get("pretrained"),
@@ -397,6 +427,9 @@ def finish(t: Training, folder: RunFolder, started: float, log) -> dict:
                "best_val_accuracy": max((h["val_accuracy"] for h in t.history), default=None),
                "epochs": len(t.history), "steps": t.steps, "wall_seconds": wall,
                "train_seconds": sum(h["epoch_seconds"] for h in t.history),
+               "train_flops": sum(h.get("train_flops", 0.0) for h in t.history),
+               "precision": t.precision.describe(), "compile": t.compiler.describe(),
+               "compilations": t.compiler.compilations, "graph_breaks": t.compiler.graph_breaks,
                "world_size": t.ctx.world_size, "device": str(t.ctx.device), "environment": environment(),
                "command": command(), "run_dir": display_path(folder.path), "stages": t.schedule.rows()}
     if t.ctx.is_main:
@@ -465,12 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--optimizer")
     p.add_argument("--scheduler")
     p.add_argument("--device")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", nargs="?", const="auto", metavar="MODE",
+                   help="torch.compile: auto (inductor on CUDA, off on a CPU), inductor, aot_eager, eager or off")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field, value as YAML (repeatable): --set ema_decay=0.999 sets one "
                         "whole, --set schedule.dropout=0.3 edits one entry, --set image_size=32 edits the sizes")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (kept until the new one checkpoints)")
+    p.add_argument("--preflight", action="store_true",
+                   help="time a few steps of the real recipe at every stage (and a resume between stages), "
+                        "write OUT/preflight.json, and stop")
     args = p.parse_args(argv)
     try:
         whole = {k: parse_value(v) if isinstance(v, str) else v
@@ -491,7 +528,11 @@ def main(argv: list[str] | None = None) -> int:
                 target = target.setdefault(part, {})
             target[path[-1]] = parse_value(value)
         config = config_for(args.profile, args.dataset, whole=whole, **edits)
-        train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=sys.stderr.isatty())
+        if args.preflight:
+            from .preflight import preflight          # the preflight is built from this module's steps
+            preflight(config, args.out)
+        else:
+            train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=sys.stderr.isatty())
     except (ValueError, TrainingError, DatasetError, RunFolderError, WeightsUnavailable) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -194,3 +194,32 @@ def test_run_or_reuse_keys_folders_by_settings_and_reuses_finished_runs(tiny_roo
     folders = {first["run_dir"], other_seed["run_dir"], changed["run_dir"]}
     assert len(folders) == 3 and all(f.rsplit("/", 1)[-1].startswith(("seed0-", "seed1-")) for f in folders)
     assert json.loads((folder / "metrics.json").read_text())["wall_seconds"] == first["wall_seconds"]  # untouched
+
+
+def test_train_flops_are_three_forward_passes_per_image_seen(tiny_root, tmp_path):
+    metrics = train(small_config(tiny_root), tmp_path / "run", progress=False, log=lambda *a: None)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    model = train_module.build_model("efficientnetv2_s", 10, 1, **TINY)
+    images = (270 // 32) * 32                                     # drop_last batches of the 270 training images
+    expected = [3 * train_module.count_flops(model, h["image_size"], 1) * images for h in history]
+    assert [h["train_flops"] for h in history] == expected and metrics["train_flops"] == sum(expected)
+
+
+def test_ema_warm_up_lets_the_initial_batchnorm_statistics_fade():
+    """Plain EMA at 0.998 would still hold 90% of the initial running variance (1.0) after 50
+    updates; a late BatchNorm's true variance of 0.003 then reads as 0.9 and the average predicts
+    at chance. With the warm-up, the average follows the model within those updates."""
+    from lib.optim import ema_of
+    model = train_module.build_model("efficientnetv2_s", 10, 1, **TINY)
+    ema = ema_of(model, 0.998)
+    norm = model.stages[-1][-1].body[1].bn
+    for _ in range(50):
+        with torch.no_grad():
+            norm.running_var.fill_(0.003)
+            model.classifier[1].weight.add_(0.01)
+        ema.update_parameters(model)
+    averaged = ema.module.stages[-1][-1].body[1].bn
+    torch.testing.assert_close(averaged.running_var, norm.running_var, rtol=0.01, atol=0)
+    assert averaged.num_batches_tracked == norm.num_batches_tracked
+    lag = (model.classifier[1].weight - ema.module.classifier[1].weight).mean().item()
+    assert 0 < lag < 0.1                   # late updates still average (decay ~0.85 at update 50)

@@ -1,0 +1,123 @@
+"""What depends on the device: mixed precision, torch.compile, clocks and memory.
+
+Everything here runs on a CPU as well (CPU autocast in bf16 or fp16, a CPU GradScaler, compile
+with a tracing backend), so the tests exercise the GPU recipe's code paths; what only CUDA can
+do is the few ``device.type == "cuda"`` lines below.
+"""
+from __future__ import annotations
+
+import contextlib
+import resource
+from dataclasses import dataclass
+
+import torch
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+COMPILE_MODES = ("off", "auto", "inductor", "aot_eager", "eager")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU"
+
+
+def bf16_supported(device: torch.device) -> bool:
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else True
+
+
+@dataclass
+class Precision:
+    """The autocast dtype (None: fp32) and the gradient scaler fp16 needs (disabled otherwise)."""
+    device: torch.device
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        if self.dtype is None:
+            return "fp32"
+        return "bf16 autocast" if self.dtype is torch.bfloat16 else "fp16 autocast with gradient scaling"
+
+
+def precision(amp: str, device: torch.device) -> Precision:
+    """``auto``: bf16 on a GPU that has it, fp16 + GradScaler on one that does not (T4, V100),
+    fp32 on a CPU; ``bf16``/``fp16`` ask for one (a device that cannot is a one-line error); ``off``."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"unknown amp {amp!r}: choose one of {', '.join(AMP_MODES)}")
+    if amp == "auto":
+        dtype = (torch.bfloat16 if bf16_supported(device) else torch.float16) if device.type == "cuda" else None
+    elif amp == "bf16":
+        if not bf16_supported(device):
+            raise ValueError(f"amp bf16: {device_name(device)} cannot compute in bf16; it supports fp16 "
+                             f"(--set amp=fp16) or fp32 (--set amp=off)")
+        dtype = torch.bfloat16
+    else:
+        dtype = {"fp16": torch.float16, "off": None}[amp]
+    return Precision(device, dtype, torch.amp.GradScaler(device.type, enabled=dtype is torch.float16))
+
+
+class Compiler:
+    """torch.compile with static shapes, counting what it does.
+
+    ``dynamic=False``: every new image size (one per progressive stage) compiles its own static
+    graph, instead of the dynamic-shape kernels PyTorch switches to after the second size, which
+    run slower for the rest of training. ``auto`` compiles with inductor on CUDA and not at all on
+    a CPU, where compiling takes minutes and gains little for these networks; ``aot_eager`` and
+    ``eager`` trace the graph without generating code (the tests' way to check graph capture,
+    graph breaks and recompilation in seconds).
+    """
+
+    def __init__(self, mode: str, device: torch.device):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+        self.mode = mode
+        self.backend = ("inductor" if device.type == "cuda" else None) if mode == "auto" else \
+            (None if mode == "off" else mode)
+        self.compilations = 0
+        self._breaks_before = self._graph_breaks_so_far()
+
+    def describe(self) -> str:
+        if self.backend is None:
+            return "compile off" + (" (auto: inductor only on CUDA, where it pays)" if self.mode == "auto" else "")
+        return f"compile {self.backend}, static shapes"
+
+    def __call__(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.backend is None:
+            return model
+        inner = torch._dynamo.lookup_backend(self.backend)
+
+        def counting_backend(graph, example_inputs):
+            self.compilations += 1
+            return inner(graph, example_inputs)
+        return torch.compile(model, backend=counting_backend, dynamic=False)
+
+    @property
+    def graph_breaks(self) -> int:
+        return self._graph_breaks_so_far() - self._breaks_before
+
+    @staticmethod
+    def _graph_breaks_so_far() -> int:
+        from torch._dynamo.utils import counters
+        return sum(counters["graph_break"].values())
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read after it measures the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the allocator's peak since the last reset. CPU: the process's peak resident memory
+    (all it can measure; it never goes down, so a later stage reports at least an earlier one's)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,113 @@
+"""Preflight: the profile's real recipe, a few steps at every stage, before a long run starts.
+
+    python -m lib.train --dataset fashion_mnist --profile paper --out runs/paper --preflight
+
+A student who rents a GPU for a night should learn in minutes, not at the first stage change,
+that the recipe runs. The preflight builds the real model and data pipeline (batch size,
+precision, compile, EMA, channels_last, accumulation), then at every stage's image size applies
+the stage as training does and times a few optimizer steps; between stages it saves a checkpoint
+and resumes from it into freshly built objects, as an interrupted run would. It prints one table
+(seconds per step, images/s, peak memory, projected epoch and run time) and writes it to
+``OUT/preflight.json``. On a CPU it may shrink the batch, and says so; timings read the clock
+only after the device has finished its queued work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from . import device, distributed
+from .profiles import TrainConfig
+from .progressive import schedule_from_spec
+from .runs import RunFolder, TrainingError, write_json
+from .train import (apply_stage, build, check_model_settings, checkpoint_state, epoch_generator, load_data,
+                    optimizer_step, restore)
+
+CPU_BATCH = 8      # images per optimizer step on a CPU: enough to exercise every code path, quick at 200 px
+
+
+def preflight(config: TrainConfig, out: str | Path, *, steps: int = 3, log=print) -> list[dict]:
+    """Time ``steps`` optimizer steps at every stage of ``config``'s schedule; return the table rows."""
+    config.validate()
+    schedule = schedule_from_spec(config.schedule, config.epochs)
+    ctx = distributed.setup(config.device)
+    if ctx.distributed:
+        raise TrainingError("run the preflight in one process (python -m lib.train ... --preflight), not under torchrun")
+    check_model_settings(config, schedule)
+    device.precision(config.amp, ctx.device)
+    run_batch = config.batch_size
+    if ctx.device.type == "cpu" and config.batch_size > CPU_BATCH * config.accumulate:
+        config = dataclasses.replace(config, batch_size=CPU_BATCH * config.accumulate)
+    folder = RunFolder(out)
+    folder.check_path()
+    scratch = RunFolder(folder.path / ".preflight")
+    shutil.rmtree(scratch.path, ignore_errors=True)
+    data = load_data(config, ctx)
+    t = build(config, schedule, data, ctx)
+    note = f"{config.batch_size} (the profile's {run_batch}, smaller on a CPU)" if config.batch_size != run_batch else ""
+    log(f"preflight of {config.model} ({config.profile or 'custom'} profile) on {data.name}, {ctx.device} "
+        f"({device.device_name(ctx.device)}), {t.precision.describe()}, {t.compiler.describe()}"
+        + (f", batch {note}" if note else ""))
+    images_per_epoch = len(data.train) // run_batch * run_batch
+    rows = []
+    try:
+        for stage in schedule:
+            rows.append(time_stage(t, stage, steps, run_batch, images_per_epoch, note))
+            log(format_row(rows[-1]))
+            if stage is not schedule[-1]:                     # cross the boundary as a resumed run would
+                t.epoch = stage.end_epoch
+                scratch.save_checkpoint(checkpoint_state(t), keep=1)
+                t = build(config, schedule, data, ctx)
+                restore(t, scratch, log=lambda *a: None)
+    finally:
+        shutil.rmtree(scratch.path, ignore_errors=True)
+    total = sum(r["projected_run_seconds"] for r in rows)
+    log(f"projected run on this device: {total / 3600:.1f} h ({config.epochs} epochs; evaluation not included)")
+    folder.path.mkdir(parents=True, exist_ok=True)
+    write_json(folder.path / "preflight.json", rows)
+    return rows
+
+
+def time_stage(t, stage, steps: int, run_batch: int, images_per_epoch: int, note: str) -> dict:
+    """One stage: a first step (where compile happens), then ``steps`` timed steps."""
+    dev = t.ctx.device
+    apply_stage(stage, t.model, t.optimizer, t.augmenter)
+    t.train_loader.set_epoch(stage.start_epoch)
+    gen = epoch_generator(t.config.seed, stage.start_epoch, 0, dev)
+    batches = iter(t.train_loader)
+    t.step_model.train()
+    device.reset_peak_memory(dev)
+    seconds = []
+    try:
+        for _ in range(steps + 1):
+            images, labels = next(batches)
+            x, targets = t.augmenter(images, labels, gen)
+            device.synchronize(dev)
+            started = time.perf_counter()
+            loss, _ = optimizer_step(t, x, targets)
+            float(loss)                                       # the step's result, on the host
+            device.synchronize(dev)
+            seconds.append(time.perf_counter() - started)
+    except torch.OutOfMemoryError:
+        raise TrainingError(f"out of memory in stage {stage.index} at {stage.image_size}px with batch "
+                            f"{t.config.batch_size}: use a smaller --batch-size, or keep it and split each step "
+                            f"with --set accumulate=N") from None
+    per_step = statistics.median(seconds[1:])
+    per_image = per_step / t.config.batch_size
+    epoch_seconds = per_image * images_per_epoch
+    return {"stage": stage.index, "image_size": stage.image_size, "batch_size": t.config.batch_size,
+            "run_batch_size": run_batch, "batch_note": note, "first_step_seconds": seconds[0],
+            "seconds_per_step": per_step, "images_per_second": 1 / per_image,
+            "peak_memory_bytes": device.peak_memory_bytes(dev), "epochs": stage.epochs,
+            "projected_epoch_seconds": epoch_seconds, "projected_run_seconds": epoch_seconds * stage.epochs}
+
+
+def format_row(r: dict) -> str:
+    return (f"stage {r['stage']}: {r['image_size']:4d}px  batch {r['batch_size']:4d}  first step {r['first_step_seconds']:7.2f}s  "
+            f"{r['seconds_per_step']:7.3f} s/step  {r['images_per_second']:8.1f} img/s  peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB  "
+            f"epoch {r['projected_epoch_seconds'] / 60:7.1f} min  x{r['epochs']} = {r['projected_run_seconds'] / 3600:6.2f} h")
