@@ -1,0 +1,104 @@
+"""Experiments that can carry a verdict: arms x seeds, their mean and spread, and the words for it.
+
+A study trains every arm (one edit of a base configuration) with every seed through
+``run_or_reuse`` (finished runs are reused), then summarizes each arm as seeds, mean and standard
+deviation of test accuracy. ``verdict`` compares two arms the way the notebooks say it in words: a
+difference counts only when the arms' seed ranges do not overlap; otherwise it is within noise.
+"""
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .profiles import config_for, merge
+from .runs import resolve
+from .train import run_or_reuse
+
+SUMMARY_COLUMNS = ["seeds", "test_accuracy_mean", "test_accuracy_std", "test_accuracy_min", "test_accuracy_max"]
+
+
+def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seeds: list[int], parent: Path, *,
+             retrain: bool = False, processes: int | None = None, log=print, **shared) -> pd.DataFrame:
+    """One row per (arm, seed): the arm's settings merged into the study's (``config_for``), trained
+    into ``parent/<arm>/<seed and settings key>/`` or reused. ``shared`` goes to every arm.
+
+    On a CPU the runs go to ``processes`` worker processes (default: one per core, at most 4),
+    each with its share of the threads: on 2 cores, two single-thread runs side by side do ~1.5x
+    the work of one two-thread run (``benchmarks/cpu_training.py --only threads``). Every run
+    then shares the machine alike, so their seconds compare with each other.
+    """
+    jobs = [(arm, seed, config_for(profile, dataset, study, seed=seed, **merge(copy.deepcopy(shared), edits)))
+            for arm, edits in arms.items() for seed in seeds]
+    processes = processes or default_processes(jobs[0][2].device if jobs else "cpu", len(jobs))
+    tasks = [(config, Path(parent) / slug(arm), retrain) for arm, _, config in jobs]
+    if processes > 1:
+        with multiprocessing.get_context("spawn").Pool(processes, initializer=_share_threads,
+                                                       initargs=(processes,)) as pool:
+            results = []
+            for (arm, seed, _), metrics in zip(jobs, pool.imap(_run, tasks)):
+                log(f"{arm}, seed {seed}: test accuracy {metrics['test_accuracy']:.2%} "
+                    f"({metrics['train_seconds']:.0f} s) -> {metrics['run_dir']}")
+                results.append(metrics)
+    else:
+        results = [run_or_reuse(config, folder, retrain=retrain, log=log) for config, folder, retrain in tasks]
+    rows = []
+    for (arm, seed, _), metrics in zip(jobs, results):
+        history = pd.read_csv(resolve(metrics["run_dir"]) / "metrics.csv")
+        rows.append({"arm": arm, "seed": seed, "test_accuracy": metrics["test_accuracy"],
+                         "train_accuracy": history.train_accuracy.iloc[-1], "val_accuracy": history.val_accuracy.iloc[-1],
+                         "train_seconds": metrics["train_seconds"], "train_flops": metrics.get("train_flops"),
+                         "images_per_second": history.train_images_per_second.median(), "epochs": metrics["epochs"],
+                         "model": metrics["model"], "run_dir": metrics["run_dir"]})
+    return pd.DataFrame(rows)
+
+
+def default_processes(device: str, jobs: int) -> int:
+    """One run per core on a CPU (at most 4, each needs its own memory); one at a time on a GPU."""
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    return max(1, min(jobs, os.cpu_count() or 1, 4))
+
+
+def _share_threads(processes: int) -> None:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+
+
+def _run(task) -> dict:
+    config, folder, retrain = task
+    return run_or_reuse(config, folder, retrain=retrain, progress=False, log=lambda *a, **k: None)
+
+
+def summarize(runs: pd.DataFrame, by: str = "arm") -> pd.DataFrame:
+    """Per arm, in the order the arms ran: seeds, mean / std / min / max test accuracy, mean seconds."""
+    grouped = runs.groupby(by, sort=False)
+    table = pd.DataFrame({
+        "seeds": grouped.seed.count(),
+        "test_accuracy_mean": grouped.test_accuracy.mean(),
+        "test_accuracy_std": grouped.test_accuracy.std(ddof=1).fillna(0.0),
+        "test_accuracy_min": grouped.test_accuracy.min(),
+        "test_accuracy_max": grouped.test_accuracy.max(),
+        "train_accuracy_mean": grouped.train_accuracy.mean(),
+        "train_seconds_mean": grouped.train_seconds.mean(),
+    })
+    return table.reset_index()
+
+
+def verdict(summary: pd.DataFrame, arm: str, against: str, by: str = "arm") -> str:
+    """'higher' / 'lower' when the seed ranges of ``arm`` and ``against`` do not overlap, else
+    'within noise'. With 2-3 seeds a range is all a spread can honestly say."""
+    a, b = (summary.set_index(by).loc[name] for name in (arm, against))
+    if a.test_accuracy_min > b.test_accuracy_max:
+        return "higher"
+    if a.test_accuracy_max < b.test_accuracy_min:
+        return "lower"
+    return "within noise"
+
+
+def slug(name: str) -> str:
+    """A folder name for an arm: 'depth multiplier 0.1' -> 'depth_multiplier_01'."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name.replace(".", "")).strip("_").lower()

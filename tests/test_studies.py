@@ -1,0 +1,45 @@
+"""Studies: arms x seeds trained (in worker processes on a CPU), reused, summarized, judged."""
+import pandas as pd
+import pytest
+
+import lib.data as data
+from formats import make_fashion_mnist
+from lib.studies import run_arms, slug, summarize, verdict
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """Random pixels in the real idx format: mechanics only, no accuracy is claimed."""
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
+    make_fashion_mnist(tmp_path / "data", n_train=300, n_test=50)
+    return tmp_path / "data"
+
+
+def test_arms_times_seeds_run_in_two_processes_and_are_reused(root, tmp_path):
+    arms = {"baseline": {}, "dropout 0.6": {"schedule": {"dropout": 0.6}}}
+    settings = dict(data_root=str(root), limit=None, epochs=1, batch_size=32, schedule={"size": [28, 28]})
+    runs = run_arms("smoke", "fashion_mnist", None, arms, [0, 1], tmp_path / "study", processes=2,
+                    log=lambda *a: None, **settings)
+    assert list(zip(runs.arm, runs.seed)) == [("baseline", 0), ("baseline", 1), ("dropout 0.6", 0), ("dropout 0.6", 1)]
+    assert runs.run_dir.nunique() == 4 and all("/dropout_06/seed" in d for d in runs.run_dir[2:])
+    assert runs.test_accuracy.between(0, 1).all() and (runs.train_flops > 0).all()
+    again = run_arms("smoke", "fashion_mnist", None, arms, [0, 1], tmp_path / "study", processes=1,
+                     log=lambda *a: None, **settings)
+    pd.testing.assert_series_equal(again.train_seconds, runs.train_seconds)         # reused, not retrained
+    table = summarize(runs)
+    assert list(table.arm) == ["baseline", "dropout 0.6"] and (table.seeds == 2).all()
+    assert table.test_accuracy_mean[0] == pytest.approx(runs.test_accuracy[:2].mean())
+
+
+def test_verdict_needs_seed_ranges_that_do_not_overlap():
+    runs = pd.DataFrame({"arm": ["a", "a", "b", "b", "c", "c"], "seed": [0, 1] * 3,
+                         "test_accuracy": [0.90, 0.91, 0.92, 0.93, 0.905, 0.925],
+                         "train_accuracy": [0.9] * 6, "train_seconds": [1.0] * 6})
+    table = summarize(runs)
+    assert verdict(table, "b", "a") == "higher" and verdict(table, "a", "b") == "lower"
+    assert verdict(table, "c", "a") == "within noise" and verdict(table, "c", "b") == "within noise"
+    assert table.set_index("arm").test_accuracy_std["a"] == pytest.approx(0.00707, abs=1e-5)
+
+
+def test_slugs_are_folder_names():
+    assert slug("depth multiplier 0.1") == "depth_multiplier_01" and slug("fused 1-3") == "fused_1_3"
