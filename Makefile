@@ -13,7 +13,7 @@ SMOKE_DIR := build/smoke
 export TQDM_DISABLE ?= 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: reproduce test slides setup clean
+.PHONY: reproduce test slides lab setup clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,12 @@ test: setup
 slides: setup
 	@ls $(RUN_DIR)/[0-9][0-9]_*.ipynb > /dev/null 2>&1 || { echo "no executed notebooks in $(RUN_DIR)/: run \`make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)\` first" >&2; exit 1; }
 	$(PY) -m lib.slides $(RUN_DIR) $(RUN_DIR)/slides $(if $(filter 1 yes true,$(SLIDES_CODE)),--code)
+
+# JupyterLab at the repository root, with the project's `python3` kernel (installed into .venv by setup).
+# Options pass through, e.g. on a remote machine: make lab LAB_ARGS="--no-browser --port 8899".
+# As root (containers) JupyterLab refuses to start without --allow-root.
+lab: setup
+	$(PY) -m jupyterlab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf build .pytest_cache
