@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,16 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from headless import chrome, pixels
 from lib import slides
 
 REPO = Path(slides.__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "01_data_exploration.ipynb"
 REMOTE_TAG = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']?((?:[a-z][a-z0-9+.-]*:)?//[^"'\s>]+)""",
                         re.I)
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
 
 
 @pytest.fixture(scope="module")
@@ -145,36 +140,16 @@ def test_export_hides_code_and_skipped_cells_and_embeds_figures(tmp_path, vendor
 # --- the real thing: notebook 01 executed, exported, rendered in headless Chromium ------------------
 
 @pytest.fixture(scope="module")
-def deck(tmp_path_factory, fashion_mnist_root, vendor_cache):
-    if _chromium() is None:
-        pytest.skip("chromium not found (Debian: apt-get install chromium): the slide-rendering test needs it")
+def deck(tmp_path_factory, chromium_path, executed_01, vendor_cache):
     tmp = tmp_path_factory.mktemp("slides")
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    env.pop("MPLBACKEND", None)  # MPLBACKEND=Agg would stop the kernel from embedding figures
     (tmp / "src").mkdir()
-    run = subprocess.run([sys.executable, "-m", "papermill", "-k", "python3", "--execution-timeout", "300",
-                          "-p", "profile", "smoke", "-p", "figures_dir", str(tmp / "figures"),
-                          str(NOTEBOOK), str(tmp / "src" / NOTEBOOK.name)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, f"papermill failed on {NOTEBOOK.name}:\n{run.stderr[-3000:]}"
+    shutil.copy2(executed_01, tmp / "src" / executed_01.name)
     _export(tmp / "src", tmp / "slides")
-    return tmp / "slides" / f"{NOTEBOOK.stem}.slides.html", tmp / "src" / NOTEBOOK.name
+    return tmp / "slides" / f"{executed_01.stem}.slides.html", tmp / "src" / executed_01.name
 
 
 def _chrome(url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                           "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND",  # no network at all
-                           f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1280,800",
-                           "--virtual-time-budget=5000", *args, url],
-                          check=True, capture_output=True, text=True, timeout=120)
-
-
-def _pixels(path: Path) -> tuple[np.ndarray, float]:
-    """The RGB array and the fraction of pixels that differ clearly from the commonest colour."""
-    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    colours, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_counts=True)
-    return rgb, float((np.abs(rgb - colours[counts.argmax()]).max(-1) > 40).mean())
+    return chrome(url, tmp / "chromium-profile", *args, size=(1280, 800), budget_ms=5000)
 
 
 def test_deck_is_offline_and_embeds_the_figures(deck):
@@ -205,10 +180,10 @@ def test_deck_renders_title_and_figure_slides_in_headless_chromium(deck, tmp_pat
     present = re.findall(r'<section[^>]*class="[^"]*\bpresent\b[^"]*"[^>]*>(.*?)</section>', dom, re.S)
     assert any("data:image/png;base64," in body for body in present), f"slide {figure_hash} shows no figure"
 
-    title, title_ink = _pixels(shots["title"])
+    title, title_ink = pixels(shots["title"])
     assert title.std() > 10 and len(np.unique(title.reshape(-1, 3), axis=0)) > 16, "title slide is blank"
     assert title_ink > 0.01, f"title slide has almost no text ({title_ink:.3f} of the pixels)"
-    figure, figure_ink = _pixels(shots["figure"])
+    figure, figure_ink = pixels(shots["figure"])
     assert figure.std() > 10, "figure slide is blank"
     # Text-only slides of this deck cover 2-5 % of the screen; a figure covers far more.
     assert figure_ink > 0.10, f"figure slide {figure_hash}: only {figure_ink:.3f} of the pixels are not background"
