@@ -37,6 +37,7 @@ reproduce: setup
 	@echo "executed notebooks: $(RUN_DIR)/   figures: figures/$(DATASET)/"
 
 # Unit tests, then nbval over every notebook with the smoke profile injected (outputs to build/smoke).
+# conftest.py fails a cell that shows a warning or an error and saves executed copies to build/smoke/executed.
 test: setup
 	@rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	@for nb in $(NOTEBOOKS); do \
