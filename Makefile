@@ -46,7 +46,8 @@ test: setup
 	done
 	TQDM_DISABLE=1 $(PY) -m pytest tests $(SMOKE_DIR) --nbval-lax --durations=8
 
-# Executed notebooks in $(RUN_DIR) -> offline reveal.js decks in $(RUN_DIR)/slides (+ vendor/, fetched
+# Executed notebooks in $(RUN_DIR) -> offline reveal.js decks in $(RUN_DIR)/slides, one per notebook and
+# talk.slides.html from the cells tagged `talk` (+ vendor/, fetched
 # once from npm into build/vendor). Code hidden; `make slides SLIDES_CODE=1` keeps it.
 slides: setup
 	@ls $(RUN_DIR)/[0-9][0-9]_*.ipynb > /dev/null 2>&1 || { echo "no executed notebooks in $(RUN_DIR)/: run \`make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)\` first" >&2; exit 1; }

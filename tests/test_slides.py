@@ -137,13 +137,113 @@ def test_export_hides_code_and_skipped_cells_and_embeds_figures(tmp_path, vendor
     assert "visible_figure_code" in (tmp_path / "with_code" / "07_demo.slides.html").read_text()
 
 
+# --- the talk: the cells tagged "talk" of every notebook, in notebook order, as one deck -----------
+
+RED, GREEN, BLUE = _png((200, 40, 40)), _png((40, 200, 40)), _png((40, 40, 200))
+
+
+def _course(src: Path) -> None:
+    """Three executed-looking notebooks: tagged and untagged cells, one notebook with no tag at all."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    def figure(png, source, tags=()):
+        return new_code_cell(source, execution_count=1, metadata={"tags": list(tags)}, outputs=[
+            new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})])
+
+    def text(source, tags=()):
+        return new_markdown_cell(source, metadata={"tags": list(tags)})
+
+    src.mkdir()
+    nbformat.write(new_notebook(cells=[
+        text("# Data\n\nClass balance, in one figure.", ["talk"]),
+        figure(RED, "red_figure_code()", ["talk", "other"]),
+        text("UNTAGGED-MARKDOWN"),
+        figure(GREEN, "untagged_figure_code()"),
+    ]), src / "01_data.ipynb")
+    nbformat.write(new_notebook(cells=[text("# NOT-IN-THE-TALK"), figure(GREEN, "more_untagged()")]),
+                   src / "02_untagged.ipynb")
+    nbformat.write(new_notebook(cells=[
+        text("## Results against the seeds", ["talk"]),
+        figure(BLUE, "blue_figure_code()", ["talk"]),
+        text("Within a few points of the coursework's 93.93%.", ["talk"]),
+    ]), src / "03_results.ipynb")
+
+
+def test_talk_is_the_tagged_cells_in_notebook_order_after_a_title(tmp_path, vendor_cache):
+    _course(tmp_path / "src")
+    run = _export(tmp_path / "src", tmp_path / "slides")
+    assert "no cell" not in run.stderr
+    html = (tmp_path / "slides" / "talk.slides.html").read_text()
+
+    # nbconvert wraps every slide in an outer <section>: title, "Data" with red, "Results" with blue
+    assert [(h, v, img) for h, v, img in _sections(html)] == [(0, None, False), (0, 0, False), (1, None, False),
+                                                              (1, 0, True), (2, None, False), (2, 0, True)]
+    titles = re.findall(r"<h[12][^>]*>(.*?)<", html)
+    assert titles[:3] == [slides.TALK_TITLE, "Data", "Results against the seeds"], titles
+    assert html.index("Class balance") < html.index(RED) < html.index("Results against") < html.index(BLUE) \
+        < html.index("93.93%")
+    assert GREEN not in html and "UNTAGGED-MARKDOWN" not in html and "NOT-IN-THE-TALK" not in html
+    assert "_figure_code" not in html, "code must be hidden in the talk"
+    assert html.count('src="data:image/png;base64,') == 2
+    assert slides.remote_urls(html) == [] and REMOTE_TAG.findall(html) == []
+    for url in slides.loaded_urls(html):
+        assert (tmp_path / "slides" / url.split("?")[0]).is_file(), f"{url} is not in the deck's folder"
+
+    _export(tmp_path / "src", tmp_path / "with_code", "--code")
+    assert "red_figure_code" in (tmp_path / "with_code" / "01_data.slides.html").read_text()
+    assert "red_figure_code" not in (tmp_path / "with_code" / "talk.slides.html").read_text()
+
+
+def test_talk_without_tagged_cells_is_its_title_slide_and_says_so(tmp_path, vendor_cache):
+    import nbformat
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    (tmp_path / "src").mkdir()
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# Untagged")]), tmp_path / "src" / "01_a.ipynb")
+    run = _export(tmp_path / "src", tmp_path / "slides")
+    assert "no cell in" in run.stderr and "'talk'" in run.stderr
+    html = (tmp_path / "slides" / "talk.slides.html").read_text()
+    assert [(h, v) for h, v, _ in _sections(html)] == [(0, None), (0, 0)]
+    assert slides.TALK_TITLE in html and "Untagged" not in html
+
+
+def test_untitled_figure_slides_names_the_figure_without_a_heading(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
+
+    _course(tmp_path / "src")
+    talk = slides.talk_notebook(slides.notebooks_in(tmp_path / "src"))
+    assert [c.metadata["talk"]["from"] for c in talk.cells[1:]] == [
+        "01_data.ipynb cell 0", "01_data.ipynb cell 1", "03_results.ipynb cell 0", "03_results.ipynb cell 1",
+        "03_results.ipynb cell 2"]
+    assert slides.untitled_figure_slides(talk) == []
+
+    nb = nbformat.read(tmp_path / "src" / "03_results.ipynb", as_version=4)
+    nb.cells[0] = new_markdown_cell("Results, said without a heading", metadata={"tags": ["talk"]})
+    nb.cells.append(new_code_cell("", metadata={"tags": ["talk"]},
+                                  outputs=[new_output("display_data", data={"image/png": RED})]))
+    nbformat.write(nb, tmp_path / "src" / "03_results.ipynb")
+    talk = slides.talk_notebook(slides.notebooks_in(tmp_path / "src"))
+    assert slides.untitled_figure_slides(talk) == ["slide 2: the figure of 03_results.ipynb cell 1"]
+
+
 # --- the real thing: notebook 01 executed, exported, rendered in headless Chromium ------------------
 
 @pytest.fixture(scope="module")
 def deck(tmp_path_factory, chromium_path, executed_01, vendor_cache):
+    """Notebook 01's deck, and a talk of three of its cells (its title, its first figure and the
+    heading above that figure), tagged here as an author would tag them."""
+    import nbformat
+
     tmp = tmp_path_factory.mktemp("slides")
     (tmp / "src").mkdir()
-    shutil.copy2(executed_01, tmp / "src" / executed_01.name)
+    nb = nbformat.read(executed_01, as_version=4)
+    figure = next(i for i, cell in enumerate(nb.cells) if slides._has_figure(cell))
+    heading = max(i for i, cell in enumerate(nb.cells[:figure]) if slides._has_heading(cell))
+    for i in sorted({0, heading, figure}):
+        nb.cells[i].metadata.setdefault("tags", []).append(slides.TALK_TAG)
+    nbformat.write(nb, tmp / "src" / executed_01.name)
     _export(tmp / "src", tmp / "slides")
     return tmp / "slides" / f"{executed_01.stem}.slides.html", tmp / "src" / executed_01.name
 
@@ -166,8 +266,9 @@ def test_deck_is_offline_and_embeds_the_figures(deck):
     assert "manual_seed" not in html, "code must be hidden"
 
 
-def test_deck_renders_title_and_figure_slides_in_headless_chromium(deck, tmp_path):
-    html_path, _ = deck
+@pytest.mark.parametrize("name", ["01_data_exploration", "talk"])
+def test_deck_renders_title_and_figure_slides_in_headless_chromium(deck, tmp_path, name):
+    html_path = deck[0].with_name(f"{name}.slides.html")
     html = html_path.read_text()
     h, v, _ = next(s for s in _sections(html) if s[2])
     figure_hash = f"#/{h}" if v is None else f"#/{h}/{v}"
@@ -188,3 +289,11 @@ def test_deck_renders_title_and_figure_slides_in_headless_chromium(deck, tmp_pat
     # Text-only slides of this deck cover 2-5 % of the screen; a figure covers far more.
     assert figure_ink > 0.10, f"figure slide {figure_hash}: only {figure_ink:.3f} of the pixels are not background"
     assert not np.array_equal(title, figure)
+
+
+def test_talk_of_notebook_01_is_offline_and_titles_its_figure(deck):
+    html = deck[0].with_name("talk.slides.html").read_text()
+    assert slides.remote_urls(html) == [] and REMOTE_TAG.findall(html) == []
+    assert html.count('src="data:image/png;base64,') == 1, "the talk should hold the one tagged figure"
+    assert "manual_seed" not in html, "code must be hidden"
+    assert slides.untitled_figure_slides(slides.talk_notebook([deck[1]])) == []
