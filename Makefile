@@ -26,11 +26,13 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # Every numbered notebook for one dataset and profile; executed copies go to build/, figures to figures/.
+# No progress bars in the kernel: papermill saves no widget state, so each bar would stay in the
+# executed notebook (and its slides) as a frozen "0%" line. `make lab` keeps them.
 reproduce: setup
 	@mkdir -p $(RUN_DIR)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(DATASET), $(PROFILE)) -> $(RUN_DIR)/$$(basename $$nb)"; \
-	  EFFNETV2_MAKE="make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)" \
+	  EFFNETV2_MAKE="make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)" TQDM_DISABLE=1 \
 	  $(PY) -m papermill -k $(KERNEL) --execution-timeout 7200 -f params/$(DATASET).yaml \
 	    -p profile $(PROFILE) -p figures_dir figures -p runs_dir runs $$nb $(RUN_DIR)/$$(basename $$nb) || exit 1; \
 	done
