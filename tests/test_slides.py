@@ -1,9 +1,11 @@
-"""`make slides`: executed notebooks become reveal.js decks that render offline, figures included.
+"""`make slides`: executed notebooks become reveal.js decks that render offline, figures included,
+and the cells tagged ``talk`` become one more deck, the talk.
 
 Everything goes through ``python -m lib.slides SRC_DIR OUT_DIR``, the command `make slides` runs.
-The rendering test executes notebook 01 (smoke profile, ~20 s), exports it, and looks at it in
-headless Chromium with every host name unresolvable: the deck must start (reveal adds ``ready``),
-show the figure slide, and the screenshots must not be blank.
+Synthetic notebooks check which cells each deck takes. The rendering test uses notebook 01 executed
+once per session (smoke profile, ~25 s, ``executed_01`` in conftest.py), exports it with three cells
+tagged for the talk, and looks at both decks in headless Chromium with every host name unresolvable:
+each must start (reveal adds ``ready``), show its figure slide, and the screenshots must not be blank.
 """
 from __future__ import annotations
 
