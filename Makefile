@@ -13,7 +13,7 @@ SMOKE_DIR := build/smoke
 export TQDM_DISABLE ?= 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: reproduce test slides setup clean
+.PHONY: reproduce test slides lab setup clean
 
 setup: $(VENV)/.installed
 
@@ -26,17 +26,20 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # Every numbered notebook for one dataset and profile; executed copies go to build/, figures to figures/.
+# No progress bars in the kernel: papermill saves no widget state, so each bar would stay in the
+# executed notebook (and its slides) as a frozen "0%" line. `make lab` keeps them.
 reproduce: setup
 	@mkdir -p $(RUN_DIR)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(DATASET), $(PROFILE)) -> $(RUN_DIR)/$$(basename $$nb)"; \
-	  EFFNETV2_MAKE="make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)" \
+	  EFFNETV2_MAKE="make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)" TQDM_DISABLE=1 \
 	  $(PY) -m papermill -k $(KERNEL) --execution-timeout 7200 -f params/$(DATASET).yaml \
 	    -p profile $(PROFILE) -p figures_dir figures -p runs_dir runs $$nb $(RUN_DIR)/$$(basename $$nb) || exit 1; \
 	done
 	@echo "executed notebooks: $(RUN_DIR)/   figures: figures/$(DATASET)/"
 
 # Unit tests, then nbval over every notebook with the smoke profile injected (outputs to build/smoke).
+# conftest.py fails a cell that shows a warning or an error and saves executed copies to build/smoke/executed.
 test: setup
 	@rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	@for nb in $(NOTEBOOKS); do \
@@ -45,11 +48,18 @@ test: setup
 	done
 	TQDM_DISABLE=1 $(PY) -m pytest tests $(SMOKE_DIR) --nbval-lax --durations=8
 
-# Executed notebooks in $(RUN_DIR) -> offline reveal.js decks in $(RUN_DIR)/slides (+ vendor/, fetched
+# Executed notebooks in $(RUN_DIR) -> offline reveal.js decks in $(RUN_DIR)/slides, one per notebook and
+# talk.slides.html from the cells tagged `talk` (+ vendor/, fetched
 # once from npm into build/vendor). Code hidden; `make slides SLIDES_CODE=1` keeps it.
 slides: setup
 	@ls $(RUN_DIR)/[0-9][0-9]_*.ipynb > /dev/null 2>&1 || { echo "no executed notebooks in $(RUN_DIR)/: run \`make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)\` first" >&2; exit 1; }
 	$(PY) -m lib.slides $(RUN_DIR) $(RUN_DIR)/slides $(if $(filter 1 yes true,$(SLIDES_CODE)),--code)
+
+# JupyterLab at the repository root, with the project's `python3` kernel (installed into .venv by setup).
+# Options pass through, e.g. on a remote machine: make lab LAB_ARGS="--no-browser --port 8899".
+# As root (containers) JupyterLab refuses to start without --allow-root.
+lab: setup
+	$(PY) -m jupyterlab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,3 +88,29 @@ def transfer_targets(dataset: str, transfer_datasets) -> list[str]:
         raise ValueError(f"unknown transfer dataset(s) {unknown}: choose from {', '.join(KNOWN_DATASETS)}")
     targets = list(dict.fromkeys(targets))
     return sorted(targets, key=lambda t: t != dataset)
+
+
+WARNING = re.compile(r"\w*Warning\b")
+
+
+def noisy_outputs(outputs) -> list[str]:
+    """What a clean run of a notebook cell never shows, one line each: an error, anything on stderr
+    (warnings, tracebacks, progress bars, logging) and printed or displayed text naming a Warning.
+
+    ``make test`` fails the nbval cell that shows one (conftest.py); tests/test_notebook_outputs.py
+    reads the notebooks ``make reproduce`` executed."""
+    found, stderr = [], []
+    for out in outputs:
+        kind = out.get("output_type")
+        text = out.get("text", "") if kind == "stream" else out.get("data", {}).get("text/plain", "")
+        text = "".join(text) if isinstance(text, list) else text
+        if kind == "error":
+            found.append(f"error: {out.get('ename')}: {out.get('evalue')}")
+        elif kind == "stream" and out.get("name") == "stderr":
+            if not stderr:
+                found.append(None)      # all of the cell's stderr in one line, where it started
+            stderr.append(text)
+        elif WARNING.search(text):
+            line = next(line for line in text.splitlines() if WARNING.search(line))
+            found.append(f"{kind} names a warning: {line.strip()[:300]!r}")
+    return [f"stderr: {''.join(stderr).strip()[:300]!r}" if line is None else line for line in found]

@@ -23,10 +23,19 @@ git-ignored ``build/vendor/`` (a few seconds); later runs reuse them and need no
 Cells are chosen by their ``slideshow.slide_type`` metadata (``skip`` cells are left out); code is
 hidden (``--code`` keeps it) and so are the ``In [ ]``/``Out [ ]`` prompts. Figures are PNG outputs
 and nbconvert embeds them as base64 ``data:`` URIs, so a deck is one HTML file plus ``vendor/``.
+
+The talk, ``OUT_DIR/talk.slides.html``: one deck for the whole course, built the same way from the
+cells tagged ``talk`` (cell metadata ``tags``; JupyterLab: property inspector, "Cell Tags"). A
+generated title slide comes first, then the tagged cells of every notebook in notebook order; a
+tagged markdown cell that starts with a heading begins a new slide, and so does each notebook's
+first tagged cell; any other tagged cell (a figure, a sentence) joins the slide before it. Code is
+always hidden, and a notebook without tagged cells contributes nothing. ``untitled_figure_slides``
+lists the slides that show a figure without a heading to say what it shows.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import shutil
@@ -73,6 +82,11 @@ OFFLINE_TEMPLATE = """{%- extends 'reveal/index.html.j2' -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 """
+
+TALK_TAG = "talk"
+TALK_TITLE = "EfficientNetV2, notebook-first"
+TALK_SUBTITLE = "Tan & Le (2021), reproduced notebook by notebook: data, baselines, architecture, " \
+                "progressive learning, ablations, transfer, results"
 
 NPM_HINT = ("npm not found: `make slides` fetches reveal.js, require.js, jQuery and MathJax from the "
             "npm registry once; install Node.js and npm (Debian: `apt-get install npm`)")
@@ -160,18 +174,11 @@ def notebooks_in(src_dir: Path) -> list[Path]:
     return sorted(src_dir.glob("[0-9][0-9]_*.ipynb"))
 
 
-def export(src_dir: Path, out_dir: Path, code: bool = False, cache: Path = VENDOR_CACHE) -> list[Path]:
-    """Write one offline deck per executed notebook in ``src_dir``; return the decks' paths."""
-    import nbformat
+def _exporter(code: bool):
+    """nbconvert's reveal exporter, pointed at vendor/ and stripped of what only loads online."""
     from jinja2 import DictLoader
     from nbconvert import SlidesExporter
     from traitlets.config import Config
-
-    notebooks = notebooks_in(src_dir)
-    if not notebooks:
-        raise SystemExit(f"no executed notebooks (NN_name.ipynb) in {src_dir}/: run `make reproduce` first")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vendor = copy_vendor(out_dir, cache)
 
     config = Config()
     exporter_config = config.SlidesExporter
@@ -182,30 +189,108 @@ def export(src_dir: Path, out_dir: Path, code: bool = False, cache: Path = VENDO
     exporter_config.exclude_input = not code      # nbconvert --no-input
     exporter_config.exclude_input_prompt = True   # and --no-prompt
     exporter_config.exclude_output_prompt = True
-    exporter = SlidesExporter(config=config, template_file="offline_reveal.html.j2",
-                              extra_loaders=[DictLoader({"offline_reveal.html.j2": OFFLINE_TEMPLATE})])
+    return SlidesExporter(config=config, template_file="offline_reveal.html.j2",
+                          extra_loaders=[DictLoader({"offline_reveal.html.j2": OFFLINE_TEMPLATE})])
+
+
+def _write_deck(exporter, nb, name: str, title: str, out_dir: Path) -> Path:
+    """Export ``nb`` to ``out_dir/<name>.slides.html``, refusing a deck that would load anything remote."""
+    html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    remote = remote_urls(html)
+    if remote:
+        raise SystemExit(f"{name}: the deck would load {', '.join(sorted(set(remote)))} "
+                         f"from the network; lib/slides.py must vendor it")
+    missing = [u for u in loaded_urls(html) if u.startswith("vendor/") and not (out_dir / u.split("?")[0]).is_file()]
+    if missing:
+        raise SystemExit(f"{name}: the deck loads {', '.join(missing)}, missing from {out_dir / 'vendor'}")
+    deck = out_dir / f"{name}.slides.html"
+    deck.write_text(html, encoding="utf-8")
+    return deck
+
+
+def _has_figure(cell) -> bool:
+    return any(key.startswith("image/") for output in cell.get("outputs", []) for key in output.get("data", {}))
+
+
+def _has_heading(cell) -> bool:
+    return cell.cell_type == "markdown" and any(line.startswith("#") for line in cell.source.splitlines())
+
+
+def talk_notebook(notebooks: list[Path]):
+    """One notebook for the talk: a title slide, then the cells tagged ``talk``, in notebook order.
+
+    Slides: a tagged markdown cell that starts with a heading, or a notebook's first tagged cell,
+    begins one; other tagged cells join the slide before. Each cell records its origin in
+    ``metadata.talk.from`` ("04_progressive_training.ipynb cell 12") for error messages."""
+    import nbformat
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    cells, metadata, parameters = [], {}, {}
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        metadata = metadata or {k: nb.metadata[k] for k in ("kernelspec", "language_info") if k in nb.metadata}
+        parameters = parameters or nb.metadata.get("papermill", {}).get("parameters", {})
+        tagged = [(i, cell) for i, cell in enumerate(nb.cells) if TALK_TAG in cell.metadata.get("tags", [])]
+        for n, (i, cell) in enumerate(tagged):
+            cell = copy.deepcopy(cell)
+            starts = n == 0 or (cell.cell_type == "markdown" and cell.source.lstrip().startswith("#"))
+            cell.metadata["slideshow"] = {"slide_type": "slide" if starts else "-"}
+            cell.metadata["talk"] = {"from": f"{path.name} cell {i}"}
+            cell.id = f"talk-{len(cells) + 1}"      # unique across notebooks (nbformat 4.5 requires it)
+            cells.append(cell)
+    run = ", ".join(part for part in (parameters.get("dataset"),
+                                      parameters.get("profile") and f"profile `{parameters['profile']}`") if part)
+    title = new_markdown_cell(f"# {TALK_TITLE}\n\n{TALK_SUBTITLE}\n\n{run}".rstrip(),
+                              metadata={"slideshow": {"slide_type": "slide"}})
+    return new_notebook(cells=[title, *cells], metadata=metadata)
+
+
+def untitled_figure_slides(nb) -> list[str]:
+    """The slides of ``nb`` that show a figure but have no markdown heading saying what it shows.
+
+    Works on the talk (``talk_notebook``) and on any notebook with ``slideshow`` metadata; each entry
+    names the slide (0 is the first) and the cell the figure came from."""
+    slides = []                                   # [figure origin or None, has a heading]
+    for i, cell in enumerate(nb.cells):
+        kind = cell.metadata.get("slideshow", {}).get("slide_type", "-")
+        if kind in ("skip", "notes"):
+            continue
+        if kind in ("slide", "subslide") or not slides:
+            slides.append([None, False])
+        if _has_figure(cell) and slides[-1][0] is None:
+            slides[-1][0] = cell.metadata.get("talk", {}).get("from", f"cell {i}")
+        slides[-1][1] |= _has_heading(cell)
+    return [f"slide {n}: the figure of {origin}" for n, (origin, titled) in enumerate(slides) if origin and not titled]
+
+
+def export(src_dir: Path, out_dir: Path, code: bool = False, cache: Path = VENDOR_CACHE) -> list[Path]:
+    """Write one offline deck per executed notebook in ``src_dir``, then the talk; return their paths."""
+    import nbformat
+
+    notebooks = notebooks_in(src_dir)
+    if not notebooks:
+        raise SystemExit(f"no executed notebooks (NN_name.ipynb) in {src_dir}/: run `make reproduce` first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy_vendor(out_dir, cache)
+    exporter = _exporter(code)
 
     decks = []
     for notebook in notebooks:
         nb = nbformat.read(notebook, as_version=4)
-        if not any(key.startswith("image/") for cell in nb.cells for output in cell.get("outputs", [])
-                   for key in output.get("data", {})):
+        if not any(_has_figure(cell) for cell in nb.cells):
             print(f"warning: {notebook} has no figure outputs, so its deck has no figures. A figure is in "
                   f"the notebook only if the kernel displayed it: run papermill without MPLBACKEND=Agg "
                   f"(the kernel's default inline backend embeds PNGs)", file=sys.stderr)
-        html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
-        remote = remote_urls(html)
-        if remote:
-            raise SystemExit(f"{notebook.name}: the deck would load {', '.join(sorted(set(remote)))} "
-                             f"from the network; lib/slides.py must vendor it")
-        missing = [u for u in loaded_urls(html) if u.startswith("vendor/")
-                   and not (out_dir / u.split("?")[0]).is_file()]
-        if missing:
-            raise SystemExit(f"{notebook.name}: the deck loads {', '.join(missing)}, missing from {vendor}")
-        deck = out_dir / f"{notebook.stem}.slides.html"
-        deck.write_text(html, encoding="utf-8")
-        decks.append(deck)
-        print(f"{notebook} -> {deck}")
+        decks.append(_write_deck(exporter, nb, notebook.stem, notebook.stem, out_dir))
+        print(f"{notebook} -> {decks[-1]}")
+
+    talk = talk_notebook(notebooks)
+    if len(talk.cells) == 1:
+        print(f"warning: no cell in {src_dir}/ is tagged {TALK_TAG!r}, so the talk is its title slide only",
+              file=sys.stderr)
+    talk_exporter = _exporter(code=False) if code else exporter     # the talk never shows code
+    decks.append(_write_deck(talk_exporter, talk, "talk", TALK_TITLE, out_dir))
+    print(f"the cells tagged {TALK_TAG!r} -> {decks[-1]}")
     return decks
 
 
@@ -219,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"where npm installs the pinned packages once (default {VENDOR_CACHE})")
     args = parser.parse_args(argv)
     decks = export(args.src_dir, args.out_dir, code=args.code, cache=args.vendor_cache)
-    print(f"{len(decks)} deck(s) in {args.out_dir}/ (open offline; the folder, with vendor/, is self-contained)")
+    print(f"{len(decks) - 1} deck(s) and the talk in {args.out_dir}/ (open offline; the folder, with vendor/, "
+          f"is self-contained)")
     return 0
 
 

@@ -311,6 +311,12 @@ def _as_json(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def progress_disabled() -> bool:
+    """TQDM_DISABLE=1 (make test) switches the bars off. Read here, not by tqdm: tqdm.notebook, what
+    tqdm.auto picks in a kernel, ignores the variable, and tqdm.std takes any value, "0" too, as true."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, progress: bool) -> dict:
     """One pass over the training split at this stage's settings: loss, accuracy and speed."""
     c = t.config
@@ -321,7 +327,7 @@ def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, pr
     correct = torch.zeros((), device=t.ctx.device, dtype=torch.long)
     seen, started = 0, time.perf_counter()
     bar = tqdm(t.train_loader, desc=f"epoch {epoch + 1}/{c.epochs} @{stage.image_size}px",
-               disable=not (progress and t.ctx.is_main), leave=False, dynamic_ncols=True)
+               disable=not (progress and t.ctx.is_main) or progress_disabled(), leave=False, dynamic_ncols=True)
     for i, (images, labels) in enumerate(bar):
         x, targets = t.augmenter(images, labels, gen)
         loss, logits = optimizer_step(t, x, targets)

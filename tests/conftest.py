@@ -1,7 +1,14 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
+from headless import CHROMIUM_HINT, chromium
 from lib.data import FASHION_MNIST_HINT, fashion_mnist_available
 from lib.runs import REPO_ROOT
+
+NOTEBOOK_01 = REPO_ROOT / "notebooks" / "01_data_exploration.ipynb"
 
 
 @pytest.fixture(scope="session")
@@ -10,3 +17,28 @@ def fashion_mnist_root():
     if not fashion_mnist_available(REPO_ROOT / "data"):
         pytest.skip(FASHION_MNIST_HINT)
     return REPO_ROOT / "data"
+
+
+@pytest.fixture(scope="session")
+def chromium_path():
+    """Headless Chromium's path, or a skip that says how to get it (ask for it before slow fixtures)."""
+    path = chromium()
+    if path is None:
+        pytest.skip(CHROMIUM_HINT)
+    return path
+
+
+@pytest.fixture(scope="session")
+def executed_01(tmp_path_factory, fashion_mnist_root):
+    """Notebook 01 executed once by papermill (smoke profile), shared by the slide and JupyterLab tests."""
+    tmp = tmp_path_factory.mktemp("executed_01")
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("MPLBACKEND", None)  # MPLBACKEND=Agg would stop the kernel from embedding figures
+    out = tmp / "notebooks" / NOTEBOOK_01.name
+    out.parent.mkdir()
+    run = subprocess.run([sys.executable, "-m", "papermill", "-k", "python3", "--execution-timeout", "300",
+                          "-p", "profile", "smoke", "-p", "figures_dir", str(tmp / "figures"),
+                          str(NOTEBOOK_01), str(out)],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"papermill failed on {NOTEBOOK_01.name}:\n{run.stderr[-3000:]}"
+    return out

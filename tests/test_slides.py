@@ -1,16 +1,17 @@
-"""`make slides`: executed notebooks become reveal.js decks that render offline, figures included.
+"""`make slides`: executed notebooks become reveal.js decks that render offline, figures included,
+and the cells tagged ``talk`` become one more deck, the talk.
 
 Everything goes through ``python -m lib.slides SRC_DIR OUT_DIR``, the command `make slides` runs.
-The rendering test executes notebook 01 (smoke profile, ~20 s), exports it, and looks at it in
-headless Chromium with every host name unresolvable: the deck must start (reveal adds ``ready``),
-show the figure slide, and the screenshots must not be blank.
+Synthetic notebooks check which cells each deck takes. The rendering test uses notebook 01 executed
+once per session (smoke profile, ~25 s, ``executed_01`` in conftest.py), exports it with three cells
+tagged for the talk, and looks at both decks in headless Chromium with every host name unresolvable:
+each must start (reveal adds ``ready``), show its figure slide, and the screenshots must not be blank.
 """
 from __future__ import annotations
 
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,16 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from headless import chrome, pixels
 from lib import slides
 
 REPO = Path(slides.__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "01_data_exploration.ipynb"
 REMOTE_TAG = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']?((?:[a-z][a-z0-9+.-]*:)?//[^"'\s>]+)""",
                         re.I)
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
 
 
 @pytest.fixture(scope="module")
@@ -142,39 +139,119 @@ def test_export_hides_code_and_skipped_cells_and_embeds_figures(tmp_path, vendor
     assert "visible_figure_code" in (tmp_path / "with_code" / "07_demo.slides.html").read_text()
 
 
+# --- the talk: the cells tagged "talk" of every notebook, in notebook order, as one deck -----------
+
+RED, GREEN, BLUE = _png((200, 40, 40)), _png((40, 200, 40)), _png((40, 40, 200))
+
+
+def _course(src: Path) -> None:
+    """Three executed-looking notebooks: tagged and untagged cells, one notebook with no tag at all."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    def figure(png, source, tags=()):
+        return new_code_cell(source, execution_count=1, metadata={"tags": list(tags)}, outputs=[
+            new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})])
+
+    def text(source, tags=()):
+        return new_markdown_cell(source, metadata={"tags": list(tags)})
+
+    src.mkdir()
+    nbformat.write(new_notebook(cells=[
+        text("# Data\n\nClass balance, in one figure.", ["talk"]),
+        figure(RED, "red_figure_code()", ["talk", "other"]),
+        text("UNTAGGED-MARKDOWN"),
+        figure(GREEN, "untagged_figure_code()"),
+    ]), src / "01_data.ipynb")
+    nbformat.write(new_notebook(cells=[text("# NOT-IN-THE-TALK"), figure(GREEN, "more_untagged()")]),
+                   src / "02_untagged.ipynb")
+    nbformat.write(new_notebook(cells=[
+        text("## Results against the seeds", ["talk"]),
+        figure(BLUE, "blue_figure_code()", ["talk"]),
+        text("Within a few points of the coursework's 93.93%.", ["talk"]),
+    ]), src / "03_results.ipynb")
+
+
+def test_talk_is_the_tagged_cells_in_notebook_order_after_a_title(tmp_path, vendor_cache):
+    _course(tmp_path / "src")
+    run = _export(tmp_path / "src", tmp_path / "slides")
+    assert "no cell" not in run.stderr
+    html = (tmp_path / "slides" / "talk.slides.html").read_text()
+
+    # nbconvert wraps every slide in an outer <section>: title, "Data" with red, "Results" with blue
+    assert [(h, v, img) for h, v, img in _sections(html)] == [(0, None, False), (0, 0, False), (1, None, False),
+                                                              (1, 0, True), (2, None, False), (2, 0, True)]
+    titles = re.findall(r"<h[12][^>]*>(.*?)<", html)
+    assert titles[:3] == [slides.TALK_TITLE, "Data", "Results against the seeds"], titles
+    assert html.index("Class balance") < html.index(RED) < html.index("Results against") < html.index(BLUE) \
+        < html.index("93.93%")
+    assert GREEN not in html and "UNTAGGED-MARKDOWN" not in html and "NOT-IN-THE-TALK" not in html
+    assert "_figure_code" not in html, "code must be hidden in the talk"
+    assert html.count('src="data:image/png;base64,') == 2
+    assert slides.remote_urls(html) == [] and REMOTE_TAG.findall(html) == []
+    for url in slides.loaded_urls(html):
+        assert (tmp_path / "slides" / url.split("?")[0]).is_file(), f"{url} is not in the deck's folder"
+
+    _export(tmp_path / "src", tmp_path / "with_code", "--code")
+    assert "red_figure_code" in (tmp_path / "with_code" / "01_data.slides.html").read_text()
+    assert "red_figure_code" not in (tmp_path / "with_code" / "talk.slides.html").read_text()
+
+
+def test_talk_without_tagged_cells_is_its_title_slide_and_says_so(tmp_path, vendor_cache):
+    import nbformat
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    (tmp_path / "src").mkdir()
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# Untagged")]), tmp_path / "src" / "01_a.ipynb")
+    run = _export(tmp_path / "src", tmp_path / "slides")
+    assert "no cell in" in run.stderr and "'talk'" in run.stderr
+    html = (tmp_path / "slides" / "talk.slides.html").read_text()
+    assert [(h, v) for h, v, _ in _sections(html)] == [(0, None), (0, 0)]
+    assert slides.TALK_TITLE in html and "Untagged" not in html
+
+
+def test_untitled_figure_slides_names_the_figure_without_a_heading(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
+
+    _course(tmp_path / "src")
+    talk = slides.talk_notebook(slides.notebooks_in(tmp_path / "src"))
+    assert [c.metadata["talk"]["from"] for c in talk.cells[1:]] == [
+        "01_data.ipynb cell 0", "01_data.ipynb cell 1", "03_results.ipynb cell 0", "03_results.ipynb cell 1",
+        "03_results.ipynb cell 2"]
+    assert slides.untitled_figure_slides(talk) == []
+
+    nb = nbformat.read(tmp_path / "src" / "03_results.ipynb", as_version=4)
+    nb.cells[0] = new_markdown_cell("Results, said without a heading", metadata={"tags": ["talk"]})
+    nb.cells.append(new_code_cell("", metadata={"tags": ["talk"]},
+                                  outputs=[new_output("display_data", data={"image/png": RED})]))
+    nbformat.write(nb, tmp_path / "src" / "03_results.ipynb")
+    talk = slides.talk_notebook(slides.notebooks_in(tmp_path / "src"))
+    assert slides.untitled_figure_slides(talk) == ["slide 2: the figure of 03_results.ipynb cell 1"]
+
+
 # --- the real thing: notebook 01 executed, exported, rendered in headless Chromium ------------------
 
 @pytest.fixture(scope="module")
-def deck(tmp_path_factory, fashion_mnist_root, vendor_cache):
-    if _chromium() is None:
-        pytest.skip("chromium not found (Debian: apt-get install chromium): the slide-rendering test needs it")
+def deck(tmp_path_factory, chromium_path, executed_01, vendor_cache):
+    """Notebook 01's deck, and a talk of three of its cells (its title, its first figure and the
+    heading above that figure), tagged here as an author would tag them."""
+    import nbformat
+
     tmp = tmp_path_factory.mktemp("slides")
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    env.pop("MPLBACKEND", None)  # MPLBACKEND=Agg would stop the kernel from embedding figures
     (tmp / "src").mkdir()
-    run = subprocess.run([sys.executable, "-m", "papermill", "-k", "python3", "--execution-timeout", "300",
-                          "-p", "profile", "smoke", "-p", "figures_dir", str(tmp / "figures"),
-                          str(NOTEBOOK), str(tmp / "src" / NOTEBOOK.name)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, f"papermill failed on {NOTEBOOK.name}:\n{run.stderr[-3000:]}"
+    nb = nbformat.read(executed_01, as_version=4)
+    figure = next(i for i, cell in enumerate(nb.cells) if slides._has_figure(cell))
+    heading = max(i for i, cell in enumerate(nb.cells[:figure]) if slides._has_heading(cell))
+    for i in sorted({0, heading, figure}):
+        nb.cells[i].metadata.setdefault("tags", []).append(slides.TALK_TAG)
+    nbformat.write(nb, tmp / "src" / executed_01.name)
     _export(tmp / "src", tmp / "slides")
-    return tmp / "slides" / f"{NOTEBOOK.stem}.slides.html", tmp / "src" / NOTEBOOK.name
+    return tmp / "slides" / f"{executed_01.stem}.slides.html", tmp / "src" / executed_01.name
 
 
 def _chrome(url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                           "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND",  # no network at all
-                           f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1280,800",
-                           "--virtual-time-budget=5000", *args, url],
-                          check=True, capture_output=True, text=True, timeout=120)
-
-
-def _pixels(path: Path) -> tuple[np.ndarray, float]:
-    """The RGB array and the fraction of pixels that differ clearly from the commonest colour."""
-    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    colours, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_counts=True)
-    return rgb, float((np.abs(rgb - colours[counts.argmax()]).max(-1) > 40).mean())
+    return chrome(url, tmp / "chromium-profile", *args, size=(1280, 800), budget_ms=5000)
 
 
 def test_deck_is_offline_and_embeds_the_figures(deck):
@@ -191,8 +268,9 @@ def test_deck_is_offline_and_embeds_the_figures(deck):
     assert "manual_seed" not in html, "code must be hidden"
 
 
-def test_deck_renders_title_and_figure_slides_in_headless_chromium(deck, tmp_path):
-    html_path, _ = deck
+@pytest.mark.parametrize("name", ["01_data_exploration", "talk"])
+def test_deck_renders_title_and_figure_slides_in_headless_chromium(deck, tmp_path, name):
+    html_path = deck[0].with_name(f"{name}.slides.html")
     html = html_path.read_text()
     h, v, _ = next(s for s in _sections(html) if s[2])
     figure_hash = f"#/{h}" if v is None else f"#/{h}/{v}"
@@ -205,11 +283,19 @@ def test_deck_renders_title_and_figure_slides_in_headless_chromium(deck, tmp_pat
     present = re.findall(r'<section[^>]*class="[^"]*\bpresent\b[^"]*"[^>]*>(.*?)</section>', dom, re.S)
     assert any("data:image/png;base64," in body for body in present), f"slide {figure_hash} shows no figure"
 
-    title, title_ink = _pixels(shots["title"])
+    title, title_ink = pixels(shots["title"])
     assert title.std() > 10 and len(np.unique(title.reshape(-1, 3), axis=0)) > 16, "title slide is blank"
     assert title_ink > 0.01, f"title slide has almost no text ({title_ink:.3f} of the pixels)"
-    figure, figure_ink = _pixels(shots["figure"])
+    figure, figure_ink = pixels(shots["figure"])
     assert figure.std() > 10, "figure slide is blank"
     # Text-only slides of this deck cover 2-5 % of the screen; a figure covers far more.
     assert figure_ink > 0.10, f"figure slide {figure_hash}: only {figure_ink:.3f} of the pixels are not background"
     assert not np.array_equal(title, figure)
+
+
+def test_talk_of_notebook_01_is_offline_and_titles_its_figure(deck):
+    html = deck[0].with_name("talk.slides.html").read_text()
+    assert slides.remote_urls(html) == [] and REMOTE_TAG.findall(html) == []
+    assert html.count('src="data:image/png;base64,') == 1, "the talk should hold the one tagged figure"
+    assert "manual_seed" not in html, "code must be hidden"
+    assert slides.untitled_figure_slides(slides.talk_notebook([deck[1]])) == []

@@ -111,6 +111,13 @@ def test_outputs_and_no_clobbering(tiny_root, tmp_path):
     train(small_config(tiny_root), out, overwrite=True, progress=False, log=lambda *a: None)
 
 
+@pytest.mark.parametrize("value, bars", [("1", False), ("0", True)])   # make test, make reproduce
+def test_tqdm_disable_switches_the_progress_bars(tiny_root, tmp_path, capsys, monkeypatch, value, bars):
+    monkeypatch.setenv("TQDM_DISABLE", value)
+    train(small_config(tiny_root), tmp_path / "run", progress=True, log=lambda *a: None)
+    assert ("epoch 1/2" in capsys.readouterr().err) is bars
+
+
 def test_resume_into_another_model_is_refused(tiny_root, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Diverged):
