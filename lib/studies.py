@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -101,4 +102,4 @@ def verdict(summary: pd.DataFrame, arm: str, against: str, by: str = "arm") -> s
 
 def slug(name: str) -> str:
     """A folder name for an arm: 'depth multiplier 0.1' -> 'depth_multiplier_01'."""
-    return "".join(ch if ch.isalnum() else "_" for ch in name.replace(".", "")).strip("_").lower()
+    return re.sub(r"_+", "_", "".join(ch if ch.isalnum() else "_" for ch in name.replace(".", ""))).strip("_").lower()

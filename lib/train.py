@@ -496,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="fashion_mnist, cifar10, cifar100 or an image folder")
     p.add_argument("--profile", default="quick", help="smoke, quick, laptop or paper")
+    p.add_argument("--study", help="a notebook study's settings on top of the profile's (baselines, ablations, ...)")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, config)")
     p.add_argument("--model", help="override the profile's model, e.g. efficientnetv2_m")
     p.add_argument("--epochs")
@@ -533,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             for part in path[:-1]:
                 target = target.setdefault(part, {})
             target[path[-1]] = parse_value(value)
-        config = config_for(args.profile, args.dataset, whole=whole, **edits)
+        config = config_for(args.profile, args.dataset, args.study, whole=whole, **edits)
         if args.preflight:
             from .preflight import preflight          # the preflight is built from this module's steps
             preflight(config, args.out)

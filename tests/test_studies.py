@@ -43,3 +43,4 @@ def test_verdict_needs_seed_ranges_that_do_not_overlap():
 
 def test_slugs_are_folder_names():
     assert slug("depth multiplier 0.1") == "depth_multiplier_01" and slug("fused 1-3") == "fused_1_3"
+    assert slug("resnet50, no augmentation") == "resnet50_no_augmentation"

@@ -1,0 +1,59 @@
+"""What every accuracy is read against: the linear model on pixels, measured, and published numbers.
+
+A linear classifier on raw pixels is the simplest model that learns anything (Fashion-MNIST:
+about 84%); a network below it has learned less than a ridge regression. Every accuracy plot
+draws it. The published numbers are the seeds' and the literature's (GUIDE.md section 4),
+written once here so that notebooks 04 and 07 quote the same values.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .data import Dataset, Split
+
+# (dataset, what, test accuracy): the seed documents and the literature (GUIDE.md section 4)
+PUBLISHED = [
+    ("fashion_mnist", "coursework deck: EfficientNetV2-S, progressive, 100 epochs (GPU)", 0.9393),
+    ("fashion_mnist", "coursework deck: ResNet-50 / WRN-101-2 baselines (validation)", 0.80),
+    ("fashion_mnist", "zalandoresearch README: WRN-28-10 + random erasing", 0.963),
+    ("cifar10", "coursework deck: EfficientNetV2-M, progressive, 60 epochs (GPU)", 0.9255),
+    ("cifar10", "EfficientNet-B0 from scratch, 300 epochs", 0.932),
+    ("cifar10", "EfficientNetV2-S, ImageNet-21k pretrained, fine-tuned (paper)", 0.987),
+]
+COURSEWORK = {name: acc for name, what, acc in PUBLISHED if what.startswith("coursework deck: EfficientNetV2")}
+
+
+def ridge_classifier(train: Split, evaluate: Split, num_classes: int, l2: float = 10.0) -> torch.Tensor:
+    """Predicted classes of ``evaluate`` from ridge regression of one-hot labels on pixels (closed form)."""
+    def features(split: Split) -> torch.Tensor:
+        x = split.images.flatten(1).double().cpu() / 255
+        return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    x = features(train)
+    y = torch.nn.functional.one_hot(train.labels.cpu(), num_classes).double()
+    weights = torch.linalg.solve(x.T @ x + l2 * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+    return (features(evaluate) @ weights).argmax(1)
+
+
+def linear_accuracy(data: Dataset) -> float:
+    """The linear model's validation accuracy on ``data`` (what notebook 01 reports)."""
+    predicted = ridge_classifier(data.train, data.val, data.num_classes)
+    return (predicted == data.val.labels.cpu()).double().mean().item()
+
+
+def linear_reference(figures: Path, load) -> float:
+    """Notebook 01's measured linear accuracy (``data_summary.json``), or measured now with ``load()``
+    (a function returning the Dataset) when notebook 01 has not run for this dataset."""
+    summary = Path(figures) / "data_summary.json"
+    if summary.is_file():
+        return float(json.loads(summary.read_text())["linear_val_accuracy"])
+    return linear_accuracy(load())
+
+
+def draw_linear(ax, accuracy: float, *, percent: bool = True, vertical: bool = False) -> None:
+    """The linear model's accuracy as a labelled reference line on an accuracy axis."""
+    value = accuracy * (100 if percent else 1)
+    line = ax.axvline if vertical else ax.axhline
+    line(value, color="0.45", ls=":", lw=1.4, label=f"linear model on pixels: {accuracy:.1%}")
