@@ -44,3 +44,23 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make reproduce" in readme
     assert ci.strip().splitlines()[-1] == "make test"
+
+
+def test_every_notebook_turns_a_missing_lib_into_one_line(monkeypatch):
+    """The first code cell of each notebook: without lib importable, one line saying how to install it."""
+    import sys
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        assert "parameters" not in first["metadata"].get("tags", []), path.name
+        monkeypatch.setitem(sys.modules, "lib", None)            # import lib -> ModuleNotFoundError
+        try:
+            exec("".join(first["source"]), {})
+        except Exception as e:                                   # noqa: BLE001 - the cell's own exception
+            lines = e._render_traceback_()
+        else:
+            raise AssertionError(f"{path.name}: the first cell did not stop without lib")
+        finally:
+            monkeypatch.undo()
+        assert len(lines) == 1 and "pip install -e ." in lines[0], (path.name, lines)
+        exec("".join(first["source"]), {})                       # with lib installed it passes quietly
