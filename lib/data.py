@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 KNOWN_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+# Training files of the known datasets: (images, channels), for estimates made without the data.
+KNOWN_SIZES = {"fashion_mnist": (60000, 1), "cifar10": (50000, 3), "cifar100": (50000, 3)}
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

@@ -111,3 +111,26 @@ def format_row(r: dict) -> str:
     return (f"stage {r['stage']}: {r['image_size']:4d}px  batch {r['batch_size']:4d}  first step {r['first_step_seconds']:7.2f}s  "
             f"{r['seconds_per_step']:7.3f} s/step  {r['images_per_second']:8.1f} img/s  peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB  "
             f"epoch {r['projected_epoch_seconds'] / 60:7.1f} min  x{r['epochs']} = {r['projected_run_seconds'] / 3600:6.2f} h")
+
+
+# Dense peak FLOP/s of GPUs students rent or get free (vendor figures: bf16/fp16 tensor cores, dense).
+GPU_PEAKS = {"T4 (fp16)": 65e12, "V100 (fp16)": 125e12, "A100 (bf16)": 312e12, "H100 SXM (bf16)": 989e12}
+
+
+def training_flops(config: TrainConfig, train_images: int, in_channels: int, num_classes: int = 10) -> list[dict]:
+    """Per stage: forward FLOPs per image (counted), images per epoch, epochs, and 3 x their product."""
+    from .models import build_model, count_flops
+    model = build_model(config.model, num_classes, in_channels, **config.model_overrides)
+    images = train_images // config.batch_size * config.batch_size
+    rows = []
+    for stage in schedule_from_spec(config.schedule, config.epochs):
+        forward = count_flops(model, stage.image_size, in_channels)
+        rows.append({"stage": stage.index, "image_size": stage.image_size, "epochs": stage.epochs,
+                     "forward_flops_per_image": forward, "images_per_epoch": images,
+                     "train_flops": 3 * forward * images * stage.epochs})
+    return rows
+
+
+def gpu_hours(train_flops: float, peak: float, fraction: float) -> float:
+    """An estimate, not a measurement: training FLOPs over the share ``fraction`` of a GPU's peak."""
+    return train_flops / (fraction * peak) / 3600
