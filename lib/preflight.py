@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import device, distributed
+from .data import KNOWN_SIZES
 from .profiles import TrainConfig
 from .progressive import schedule_from_spec
 from .runs import RunFolder, TrainingError, write_json
@@ -53,7 +54,7 @@ def preflight(config: TrainConfig, out: str | Path, *, steps: int = 3, log=print
     log(f"preflight of {config.model} ({config.profile or 'custom'} profile) on {data.name}, {ctx.device} "
         f"({device.device_name(ctx.device)}), {t.precision.describe()}, {t.compiler.describe()}"
         + (f", batch {note}" if note else ""))
-    images_per_epoch = len(data.train) // run_batch * run_batch
+    images_per_epoch = projected_train_images(config, data.name, len(data.train), log) // run_batch * run_batch
     rows = []
     try:
         for stage in schedule:
@@ -71,6 +72,17 @@ def preflight(config: TrainConfig, out: str | Path, *, steps: int = 3, log=print
     folder.path.mkdir(parents=True, exist_ok=True)
     write_json(folder.path / "preflight.json", rows)
     return rows
+
+
+def projected_train_images(config: TrainConfig, dataset: str, found: int, log=print) -> int:
+    """Training images the real run will see: the full split of a known dataset when fewer are on
+    disk here (a stand-in, or a partial download), else the images found (``limit`` included)."""
+    files = KNOWN_SIZES.get(dataset, (0, 0))[0]
+    full = files - max(1, round(files * config.val_fraction)) if files and config.val_fraction else files
+    if config.limit is None and full > found:
+        log(f"projecting for the full {dataset} training split ({full:,} images); {found:,} found here")
+        return full
+    return found
 
 
 def time_stage(t, stage, steps: int, run_batch: int, images_per_epoch: int, note: str) -> dict:

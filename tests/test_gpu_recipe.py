@@ -136,7 +136,9 @@ def test_preflight_runs_every_stage_and_crosses_each_boundary(root, tmp_path, ca
                 "projected_epoch_seconds", "projected_run_seconds"} <= set(r)
         assert r["batch_size"] == 8 and r["run_batch_size"] == 64 and "smaller on a CPU" in r["batch_note"]
         assert r["seconds_per_step"] > 0 and r["peak_memory_bytes"] > 0
-        assert r["projected_epoch_seconds"] == pytest.approx(256 // 64 * 64 / r["images_per_second"])
+        # a stand-in of the dataset on disk: the projection is for the full training split the run will see
+        assert r["projected_epoch_seconds"] == pytest.approx(54000 // 64 * 64 / r["images_per_second"])
+    assert "projecting for the full fashion_mnist training split (54,000 images)" in out
     assert "projected run on this device" in out and not (tmp_path / "p" / ".preflight").exists()
     assert not (tmp_path / "p" / "checkpoints").exists()                  # a preflight leaves no run behind
 
