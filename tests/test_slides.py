@@ -234,18 +234,12 @@ def test_untitled_figure_slides_names_the_figure_without_a_heading(tmp_path):
 
 @pytest.fixture(scope="module")
 def deck(tmp_path_factory, chromium_path, executed_01, vendor_cache):
-    """Notebook 01's deck, and a talk of three of its cells (its title, its first figure and the
-    heading above that figure), tagged here as an author would tag them."""
-    import nbformat
+    """Notebook 01's deck, and the talk of its cells tagged ``talk`` in the repository."""
+    import shutil
 
     tmp = tmp_path_factory.mktemp("slides")
     (tmp / "src").mkdir()
-    nb = nbformat.read(executed_01, as_version=4)
-    figure = next(i for i, cell in enumerate(nb.cells) if slides._has_figure(cell))
-    heading = max(i for i, cell in enumerate(nb.cells[:figure]) if slides._has_heading(cell))
-    for i in sorted({0, heading, figure}):
-        nb.cells[i].metadata.setdefault("tags", []).append(slides.TALK_TAG)
-    nbformat.write(nb, tmp / "src" / executed_01.name)
+    shutil.copy(executed_01, tmp / "src" / executed_01.name)
     _export(tmp / "src", tmp / "slides")
     return tmp / "slides" / f"{executed_01.stem}.slides.html", tmp / "src" / executed_01.name
 
@@ -296,6 +290,32 @@ def test_deck_renders_title_and_figure_slides_in_headless_chromium(deck, tmp_pat
 def test_talk_of_notebook_01_is_offline_and_titles_its_figure(deck):
     html = deck[0].with_name("talk.slides.html").read_text()
     assert slides.remote_urls(html) == [] and REMOTE_TAG.findall(html) == []
-    assert html.count('src="data:image/png;base64,') == 1, "the talk should hold the one tagged figure"
+    cells = json.loads(deck[1].read_text())["cells"]
+    tagged_figures = sum(slides._has_figure(nbformat_cell(c)) for c in cells if slides.TALK_TAG in c["metadata"].get("tags", []))
+    assert tagged_figures == 2, "notebook 01 tags two figures for the talk (the samples, the linear model's confusion)"
+    assert html.count('src="data:image/png;base64,') == tagged_figures, "the talk holds exactly the tagged figures"
     assert "manual_seed" not in html, "code must be hidden"
     assert slides.untitled_figure_slides(slides.talk_notebook([deck[1]])) == []
+
+
+def nbformat_cell(cell: dict):
+    import nbformat
+    return nbformat.from_dict(cell)
+
+
+def test_the_course_talk_is_about_twenty_slides_in_the_seeds_order_each_figure_titled():
+    """The repository's own tags, without executing anything: a tagged code cell that draws
+    (``plt.show()``) stands in for its figure."""
+    from nbformat.v4 import new_output
+
+    talk = slides.talk_notebook(slides.notebooks_in(REPO / "notebooks"))
+    for cell in talk.cells:
+        if cell.cell_type == "code" and "plt.show()" in cell.source:
+            cell.outputs = [new_output("display_data", data={"image/png": RED})]
+    assert slides.untitled_figure_slides(talk) == []
+    starts = [c for c in talk.cells if c.metadata["slideshow"]["slide_type"] == "slide"]
+    assert 18 <= len(starts) <= 25, f"{len(starts)} slides"
+    order = [c.metadata["talk"]["from"][:2] for c in starts[1:]]
+    assert order == sorted(order) and set(order) == {"01", "02", "03", "04", "05", "06", "07"}
+    figures = sum(c.cell_type == "code" and bool(c.outputs) for c in talk.cells)
+    assert figures >= 12, f"only {figures} figures in the talk"
