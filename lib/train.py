@@ -505,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--optimizer")
     p.add_argument("--scheduler")
     p.add_argument("--device")
+    p.add_argument("--seed", help="initial weights, validation split, data order and augmentation draws (the test set is fixed)")
     p.add_argument("--compile", nargs="?", const="auto", metavar="MODE",
                    help="torch.compile: auto (inductor on CUDA, off on a CPU), inductor, aot_eager, eager or off")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         whole = {k: parse_value(v) if isinstance(v, str) else v
                  for k, v in {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
                               "lr": args.lr, "optimizer": args.optimizer, "scheduler": args.scheduler,
-                              "device": args.device, "compile": args.compile}.items() if v is not None}
+                              "device": args.device, "compile": args.compile, "seed": args.seed}.items() if v is not None}
         edits = {}
         for item in args.set:                 # key=value sets a setting whole; key.sub=value edits one entry
             key, sep, value = item.partition("=")

@@ -163,6 +163,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
     (["--set", "model_overrides={width_mult: 0.25, depth_mult: 0.1}"], "below efficientnetv2_s's minimum"),
     (["--model", "efficientnetv2_xl"], "unknown model 'efficientnetv2_xl'"),
     (["--set", "colour=red"], "unknown setting"),
+    (["--seed", "-1"], "seed must be >= 0"),
+    (["--seed", "one"], "seed must be an integer"),
 ])
 def test_cli_bad_input_is_one_line(tiny_root, tmp_path, capsys, args, message):
     base = ["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(tmp_path / "x"),
