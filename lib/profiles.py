@@ -270,7 +270,7 @@ PROFILES: dict[str, dict] = {
 # What every study trains on top of its profile, whatever the budget (the budget is in PROFILES).
 STUDY_SETTINGS: dict[str, dict] = {
     # notebook 02: the coursework's Adam + label smoothing, one image size, no EMA or TTA
-    "baselines": {"model_overrides": {"small_input": None, "width_mult": None, "depth_mult": None},
+    "baselines": {"model_overrides": {"small_input": None, "width_mult": None, "depth_mult": None, "bn_momentum": None},
                   "scheduler": "exponential", "optimizer": "adam", "lr": 1e-3, "ema_decay": 0.0,
                   "tta_flip": False,
                   "schedule": {"num_stages": 1, "size": [36, 36], "randaug_magnitude": 0, "mixup_alpha": 0,
@@ -285,7 +285,7 @@ STUDY_SETTINGS: dict[str, dict] = {
     "progressive": {"ema_decay": 0.0, "tta_flip": False, "randaug_ops": 1},
     # notebook 06: pretrained weights, AdamW with warm-up and cosine decay, the weights' preprocessing
     "transfer": {"pretrained": "DEFAULT", "model_overrides": {"small_input": None, "width_mult": None,
-                                                              "depth_mult": None},
+                                                              "depth_mult": None, "bn_momentum": None},
                  "optimizer": "adamw", "scheduler": "cosine", "warmup_epochs": 0.1, "label_smoothing": 0.1, "randaug_ops": 0, "crop_padding": 4,
                  "crop_mode": "reflect", "ema_decay": 0.0, "tta_flip": False, "preprocessing": "weights",
                  "schedule": {"num_stages": 1, "size": [224, 224], "randaug_magnitude": 0, "mixup_alpha": 0,

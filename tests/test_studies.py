@@ -44,3 +44,21 @@ def test_verdict_needs_seed_ranges_that_do_not_overlap():
 def test_slugs_are_folder_names():
     assert slug("depth multiplier 0.1") == "depth_multiplier_01" and slug("fused 1-3") == "fused_1_3"
     assert slug("resnet50, no augmentation") == "resnet50_no_augmentation"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "laptop", "paper"])
+def test_every_study_of_every_profile_builds_its_models(profile):
+    """A profile's model settings (say quick's BatchNorm momentum) must not leak into a study that
+    trains another architecture: ResNets and pretrained weights take their builder's defaults."""
+    from lib.models import build_model
+    from lib.profiles import PROFILES, config_for, study
+
+    for name in PROFILES[profile]["studies"]:
+        plan = study(profile, name)
+        models = plan.get("models") or [plan["train"].get("model") or config_for(profile, "fashion_mnist").model]
+        for model in models:
+            config = config_for(profile, "fashion_mnist", name, model=model)
+            with __import__("torch").device("meta"):
+                build_model(config.model, 10, 1, **config.model_overrides)
+            if name in ("baselines", "transfer"):
+                assert config.model_overrides == {}, (name, model, config.model_overrides)
