@@ -142,6 +142,15 @@ def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: f
 
 # ---------------------------------------------------------------- splitting and statistics
 
+def known_train_images(name: str, val_fraction: float) -> int | None:
+    """Images in a known dataset's training split once the validation split is taken, without the
+    data on disk (for estimates); None for a dataset whose size is not known (an image folder)."""
+    if name not in KNOWN_SIZES:
+        return None
+    files = KNOWN_SIZES[name][0]
+    return files - (max(1, round(files * val_fraction)) if val_fraction else 0)
+
+
 def stratified_split(split: Split, val_fraction: float, seed: int,
                      classes: tuple[str, ...] | list[str] | None = None) -> tuple[Split, Split]:
     """Deterministic per-class split: the same seed gives the same validation images anywhere."""

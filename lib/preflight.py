@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import device, distributed
-from .data import KNOWN_SIZES
+from .data import known_train_images
 from .profiles import TrainConfig
 from .progressive import schedule_from_spec
 from .runs import RunFolder, TrainingError, write_json
@@ -77,9 +77,8 @@ def preflight(config: TrainConfig, out: str | Path, *, steps: int = 3, log=print
 def projected_train_images(config: TrainConfig, dataset: str, found: int, log=print) -> int:
     """Training images the real run will see: the full split of a known dataset when fewer are on
     disk here (a stand-in, or a partial download), else the images found (``limit`` included)."""
-    files = KNOWN_SIZES.get(dataset, (0, 0))[0]
-    full = files - max(1, round(files * config.val_fraction)) if files and config.val_fraction else files
-    if config.limit is None and full > found:
+    full = known_train_images(dataset, config.val_fraction)
+    if config.limit is None and full is not None and full > found:
         log(f"projecting for the full {dataset} training split ({full:,} images); {found:,} found here")
         return full
     return found

@@ -179,6 +179,7 @@ def _describe(options) -> str:
 NATIVE_SIZE = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 # CIFAR images are 32 px RGB: the CPU profiles train them at 24 -> 32 px with 4 px crops.
 _CIFAR_ON_CPU = {"image_size": [24, 32], "crop_padding": 4}
+_CIFAR_FIXED = {"image_size": 32, "crop_padding": 4}
 _TINY_V2 = {"width_mult": 0.25, "depth_mult": 0.1, "small_input": True}
 _QUICK_V2 = {"width_mult": 0.35, "depth_mult": 0.2, "small_input": True, "bn_momentum": 0.1}
 # What each notebook's experiments train on a CPU (the quick and laptop profiles share them).
@@ -227,7 +228,7 @@ PROFILES: dict[str, dict] = {
         "randaug_ops": 0, "ema_decay": 0.999, "tta_flip": True,
         "schedule": {"num_stages": 1, "size": [28, 28], "randaug_magnitude": 0, "mixup_alpha": 0,
                      "dropout": 0, "drop_path": 0, "weight_decay": 0},
-        "datasets": {"cifar10": {"image_size": 32, "crop_padding": 4}, "cifar100": {"image_size": 32, "crop_padding": 4}},
+        "datasets": {"cifar10": _CIFAR_FIXED, "cifar100": _CIFAR_FIXED},
         "studies": _CPU_STUDIES,
     },
     "laptop": {
@@ -267,10 +268,15 @@ PROFILES: dict[str, dict] = {
     },
 }
 
+# A study that trains another architecture (ResNets, pretrained weights) starts from its builder's
+# defaults: every model setting any profile makes is removed (None), so a new one cannot leak in.
+_BUILDER_DEFAULTS = {key: None for p in PROFILES.values()
+                     for layer in (p, *p.get("datasets", {}).values()) for key in layer.get("model_overrides", {})}
+
 # What every study trains on top of its profile, whatever the budget (the budget is in PROFILES).
 STUDY_SETTINGS: dict[str, dict] = {
     # notebook 02: the coursework's Adam + label smoothing, one image size, no EMA or TTA
-    "baselines": {"model_overrides": {"small_input": None, "width_mult": None, "depth_mult": None, "bn_momentum": None},
+    "baselines": {"model_overrides": _BUILDER_DEFAULTS,
                   "scheduler": "exponential", "optimizer": "adam", "lr": 1e-3, "ema_decay": 0.0,
                   "tta_flip": False,
                   "schedule": {"num_stages": 1, "size": [36, 36], "randaug_magnitude": 0, "mixup_alpha": 0,
@@ -284,8 +290,7 @@ STUDY_SETTINGS: dict[str, dict] = {
     # notebook 04's comparison: the arms set the sizes and regularization (Algorithm 1 against fixed sizes)
     "progressive": {"ema_decay": 0.0, "tta_flip": False, "randaug_ops": 1},
     # notebook 06: pretrained weights, AdamW with warm-up and cosine decay, the weights' preprocessing
-    "transfer": {"pretrained": "DEFAULT", "model_overrides": {"small_input": None, "width_mult": None,
-                                                              "depth_mult": None, "bn_momentum": None},
+    "transfer": {"pretrained": "DEFAULT", "model_overrides": _BUILDER_DEFAULTS,
                  "optimizer": "adamw", "scheduler": "cosine", "warmup_epochs": 0.1, "label_smoothing": 0.1, "randaug_ops": 0, "crop_padding": 4,
                  "crop_mode": "reflect", "ema_decay": 0.0, "tta_flip": False, "preprocessing": "weights",
                  "schedule": {"num_stages": 1, "size": [224, 224], "randaug_magnitude": 0, "mixup_alpha": 0,

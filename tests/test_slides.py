@@ -291,16 +291,11 @@ def test_talk_of_notebook_01_is_offline_and_titles_its_figure(deck):
     html = deck[0].with_name("talk.slides.html").read_text()
     assert slides.remote_urls(html) == [] and REMOTE_TAG.findall(html) == []
     cells = json.loads(deck[1].read_text())["cells"]
-    tagged_figures = sum(slides._has_figure(nbformat_cell(c)) for c in cells if slides.TALK_TAG in c["metadata"].get("tags", []))
+    tagged_figures = sum(slides._has_figure(c) for c in cells if slides.TALK_TAG in c["metadata"].get("tags", []))
     assert tagged_figures == 2, "notebook 01 tags two figures for the talk (the samples, the linear model's confusion)"
     assert html.count('src="data:image/png;base64,') == tagged_figures, "the talk holds exactly the tagged figures"
     assert "manual_seed" not in html, "code must be hidden"
     assert slides.untitled_figure_slides(slides.talk_notebook([deck[1]])) == []
-
-
-def nbformat_cell(cell: dict):
-    import nbformat
-    return nbformat.from_dict(cell)
 
 
 def test_the_course_talk_is_about_twenty_slides_in_the_seeds_order_each_figure_titled():

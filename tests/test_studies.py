@@ -1,9 +1,12 @@
 """Studies: arms x seeds trained (in worker processes on a CPU), reused, summarized, judged."""
 import pandas as pd
 import pytest
+import torch
 
 import lib.data as data
 from formats import make_fashion_mnist
+from lib.models import build_model
+from lib.profiles import PROFILES, config_for, study
 from lib.studies import run_arms, slug, summarize, verdict
 
 
@@ -50,15 +53,12 @@ def test_slugs_are_folder_names():
 def test_every_study_of_every_profile_builds_its_models(profile):
     """A profile's model settings (say quick's BatchNorm momentum) must not leak into a study that
     trains another architecture: ResNets and pretrained weights take their builder's defaults."""
-    from lib.models import build_model
-    from lib.profiles import PROFILES, config_for, study
-
     for name in PROFILES[profile]["studies"]:
         plan = study(profile, name)
         models = plan.get("models") or [plan["train"].get("model") or config_for(profile, "fashion_mnist").model]
         for model in models:
             config = config_for(profile, "fashion_mnist", name, model=model)
-            with __import__("torch").device("meta"):
+            with torch.device("meta"):
                 build_model(config.model, 10, 1, **config.model_overrides)
             if name in ("baselines", "transfer"):
                 assert config.model_overrides == {}, (name, model, config.model_overrides)
