@@ -182,18 +182,23 @@ _CIFAR_ON_CPU = {"image_size": [24, 32], "crop_padding": 4}
 _CIFAR_FIXED = {"image_size": 32, "crop_padding": 4}
 _TINY_V2 = {"width_mult": 0.25, "depth_mult": 0.1, "small_input": True}
 _QUICK_V2 = {"width_mult": 0.35, "depth_mult": 0.2, "small_input": True, "bn_momentum": 0.1}
-# What each notebook's experiments train on a CPU (the quick and laptop profiles share them).
+# What each notebook's experiments train on a CPU (the quick and laptop profiles share them), sized
+# so that `make reproduce` stays near 40 minutes on a 2-core CPU. ``floor``: the Fashion-MNIST test
+# accuracy the study's baseline must reach at this budget (its notebook asserts it), so differences
+# from it mean something; None where the budget cannot give a strong baseline (the notebook says so).
+# The EfficientNetV2 studies train the quick network for 3 epochs (2 measured 87.5-87.9%, below the floor).
+_STUDY_V2 = {"epochs": 3, "batch_size": 128, "lr": 3e-3, "ema_decay": 0.999, "tta_flip": True, "randaug_ops": 0,
+             "model_overrides": {"width_mult": 0.35, "depth_mult": 0.2, "bn_momentum": 0.1}}
 _CPU_STUDIES = {
-    "baselines": {"models": ["resnet50"], "seeds": 2,
-                  "train": {"limit": 1000, "epochs": 6, "batch_size": 64, "image_size": 36}},
-    "ablations": {"seeds": 2, "arms": ["baseline", "depth multiplier 0.1", "layers halved", "dropout 0.6",
-                                       "stochastic depth 0.5", "fused none", "fused 1-5", "fused 1-7"],
-                  "train": {"epochs": 2, "batch_size": 128,
-                            "model_overrides": {"width_mult": 0.25, "depth_mult": 0.5,
-                                                "bn_momentum": 0.1}}},
-    "progressive": {"seeds": 2, "target_accuracy": 0.88,
-                    "train": {"epochs": 3, "batch_size": 128,
-                              "schedule": {"num_stages": 3, "size": [20, 28]}}},
+    # ResNet-50 at 36 px trains at ~70 img/s on 2 cores: 88% takes about a full epoch (~13 min) per
+    # run, so on a CPU the regimes are compared at a small budget, and said to be weak.
+    "baselines": {"models": ["resnet50"], "seeds": 2, "floor": None,
+                  "train": {"limit": 1000, "epochs": 2, "batch_size": 64, "image_size": 36}},
+    "ablations": {"seeds": 2, "floor": 0.88, "arms": ["baseline", "dropout 0.6", "fused none"],
+                  "train": {**_STUDY_V2, "schedule": {"dropout": 0.1, "drop_path": 0.05, "randaug_magnitude": 0}}},
+    "progressive": {"seeds": 2, "floor": 0.88, "target_accuracy": 0.88,
+                    "train": {**_STUDY_V2, "schedule": {"num_stages": 3, "size": [20, 28], "randaug_magnitude": 0,
+                                                        "dropout": [0, 0.1], "drop_path": [0, 0.05]}}},
     "transfer": {"train": {"model": "efficientnet_b0", "limit": 2000, "batch_size": 64, "image_size": 128},
                  "modes": {"head": {"epochs": 3, "lr": 3e-3}, "all": {"epochs": 2, "lr": 3e-4}}},
 }
@@ -255,13 +260,13 @@ PROFILES: dict[str, dict] = {
                         "epochs": 60, "schedule": {"coursework": "cifar10"}, "crop_padding": 4},
         },
         "studies": {
-            "baselines": {"models": ["resnet50", "wide_resnet101_2"], "seeds": 3,
+            "baselines": {"models": ["resnet50", "wide_resnet101_2"], "seeds": 3, "floor": 0.88,
                           "train": {"epochs": 50, "batch_size": 128, "image_size": 64}},
-            "ablations": {"seeds": 3, "arms": ["baseline", "depth multiplier 0.1", "layers halved", "dropout 0.6",
+            "ablations": {"seeds": 3, "floor": 0.88, "arms": ["baseline", "depth multiplier 0.1", "layers halved", "dropout 0.6",
                                                "stochastic depth 0.5", "ReduceLROnPlateau", "fused none",
                                                "fused 1-5", "fused 1-7"],
                           "train": {"epochs": 30, "batch_size": 128}},
-            "progressive": {"seeds": 3, "target_accuracy": 0.93, "train": {"epochs": 30, "batch_size": 128}},
+            "progressive": {"seeds": 3, "floor": 0.88, "target_accuracy": 0.93, "train": {"epochs": 30, "batch_size": 128}},
             "transfer": {"train": {"model": "efficientnetv2_s", "batch_size": 128, "image_size": 384},
                          "modes": {"head": {"epochs": 5, "lr": 3e-3}, "all": {"epochs": 10, "lr": 1e-4}}},
         },
