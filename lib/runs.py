@@ -175,6 +175,18 @@ def command() -> str:
     return shlex.join(["python", *sys.argv])
 
 
+def finished_runs(*roots: str | os.PathLike) -> dict[Path, Path]:
+    """Every run's ``metrics.json`` under ``roots`` (laid out ``<dataset>/<profile>/<experiment...>/``),
+    keyed by its folder relative to its root. A run under a later root replaces the same run under an
+    earlier one: notebook 07 reads the records the repository keeps (``figures/records/``), then this
+    machine's ``runs/``."""
+    found = {}
+    for root in map(resolve, roots):
+        for path in sorted(root.glob("*/*/**/metrics.json")):
+            found[path.parent.relative_to(root)] = path
+    return dict(sorted(found.items()))
+
+
 def settings_key(identity: dict) -> str:
     """A folder name for one set of settings: ``seed<N>-<8 hex digits of the settings>``."""
     text = json.dumps(identity, sort_keys=True, default=str)
@@ -356,4 +368,4 @@ class RunFolder:
 
 
 __all__ = ["REPO_ROOT", "RunFolder", "RunFolderError", "TrainingError", "resolve", "atomic_write", "write_json", "write_csv",
-           "save_torch", "environment", "command", "settings_key", "cpu_name", "cpu_flags", "display_path"]
+           "save_torch", "environment", "command", "settings_key", "finished_runs", "cpu_name", "cpu_flags", "display_path"]

@@ -16,17 +16,22 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .profiles import config_for, merge
-from .runs import resolve
+from .profiles import TrainConfig, config_for, merge
+from .runs import RunFolder, resolve
 from .train import run_or_reuse
 
 SUMMARY_COLUMNS = ["seeds", "test_accuracy_mean", "test_accuracy_std", "test_accuracy_min", "test_accuracy_max"]
 
 
 def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seeds: list[int], parent: Path, *,
-             retrain: bool = False, processes: int | None = None, log=print, **shared) -> pd.DataFrame:
+             retrain: bool = False, processes: int | None = None, reuse_from: Path | None = None, log=print,
+             **shared) -> pd.DataFrame:
     """One row per (arm, seed): the arm's settings merged into the study's (``config_for``), trained
     into ``parent/<arm>/<seed and settings key>/`` or reused. ``shared`` goes to every arm.
+
+    ``reuse_from``: a folder of other studies' runs (a notebook's ``run.runs``); an arm whose settings
+    equal a finished run there is not trained again (notebook 05's baseline is notebook 04's fixed-size
+    arm on the CPU profiles: same network, recipe, budget and seeds).
 
     On a CPU the runs go to ``processes`` worker processes (default: one per core, at most 4),
     each with its share of the threads: on 2 cores, two single-thread runs side by side do ~1.5x
@@ -35,18 +40,23 @@ def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seed
     """
     jobs = [(arm, seed, config_for(profile, dataset, study, seed=seed, **merge(copy.deepcopy(shared), edits)))
             for arm, edits in arms.items() for seed in seeds]
-    processes = processes or default_processes(jobs[0][2].device if jobs else "cpu", len(jobs))
-    tasks = [(config, Path(parent) / slug(arm), retrain) for arm, _, config in jobs]
+    found = {} if retrain or reuse_from is None else {
+        i: metrics for i, (_, _, config) in enumerate(jobs) if (metrics := finished_elsewhere(config, reuse_from))}
+    for i, metrics in found.items():
+        log(f"{jobs[i][0]}, seed {jobs[i][1]}: the same settings as the finished {metrics['run_dir']}, reused")
+    todo = [i for i in range(len(jobs)) if i not in found]
+    processes = processes or default_processes(jobs[0][2].device if jobs else "cpu", len(todo))
+    tasks = [(jobs[i][2], Path(parent) / slug(jobs[i][0]), retrain) for i in todo]
     if processes > 1:
         with multiprocessing.get_context("spawn").Pool(processes, initializer=_share_threads,
                                                        initargs=(processes,)) as pool:
-            results = []
-            for (arm, seed, _), metrics in zip(jobs, pool.imap(_run, tasks)):
-                log(f"{arm}, seed {seed}: test accuracy {metrics['test_accuracy']:.2%} "
+            for i, metrics in zip(todo, pool.imap(_run, tasks)):
+                log(f"{jobs[i][0]}, seed {jobs[i][1]}: test accuracy {metrics['test_accuracy']:.2%} "
                     f"({metrics['train_seconds']:.0f} s) -> {metrics['run_dir']}")
-                results.append(metrics)
+                found[i] = metrics
     else:
-        results = [run_or_reuse(config, folder, retrain=retrain, log=log) for config, folder, retrain in tasks]
+        found.update({i: run_or_reuse(config, folder, retrain=retrain, log=log) for i, (config, folder, retrain) in zip(todo, tasks)})
+    results = [found[i] for i in range(len(jobs))]
     rows = []
     for (arm, seed, _), metrics in zip(jobs, results):
         history = pd.read_csv(resolve(metrics["run_dir"]) / "metrics.csv")
@@ -56,6 +66,16 @@ def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seed
                          "images_per_second": history.train_images_per_second.median(), "epochs": metrics["epochs"],
                          "model": metrics["model"], "run_dir": metrics["run_dir"]})
     return pd.DataFrame(rows)
+
+
+def finished_elsewhere(config: TrainConfig, root: Path) -> dict | None:
+    """The metrics of a finished run under ``root`` (any depth) made with exactly these settings."""
+    identity, defaults = config.identity(), TrainConfig().identity()
+    for path in sorted(resolve(root).glob(f"**/seed{config.seed}-*/metrics.json")):
+        metrics = RunFolder(path.parent).finished_with(identity, defaults)
+        if metrics is not None:
+            return metrics
+    return None
 
 
 def default_processes(device: str, jobs: int) -> int:

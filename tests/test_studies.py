@@ -1,4 +1,6 @@
 """Studies: arms x seeds trained (in worker processes on a CPU), reused, summarized, judged."""
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -34,6 +36,21 @@ def test_arms_times_seeds_run_in_two_processes_and_are_reused(root, tmp_path):
     assert table.test_accuracy_mean[0] == pytest.approx(runs.test_accuracy[:2].mean())
 
 
+def test_an_arm_another_study_already_trained_with_the_same_settings_is_reused(root, tmp_path):
+    """Notebook 05's CPU baseline is notebook 04's fixed-size arm: trained once, found by its settings."""
+    settings = dict(data_root=str(root), limit=None, epochs=1, batch_size=32, schedule={"size": [28, 28]})
+    first = run_arms("smoke", "fashion_mnist", None, {"fixed final size": {}}, [0], tmp_path / "runs" / "progressive",
+                     processes=1, log=lambda *a: None, **settings)
+    said = []
+    second = run_arms("smoke", "fashion_mnist", None, {"baseline": {}, "dropout 0.6": {"schedule": {"dropout": 0.6}}}, [0],
+                      tmp_path / "runs" / "ablations", processes=1, reuse_from=tmp_path / "runs", log=said.append,
+                      **settings)
+    assert second.run_dir[0] == first.run_dir[0] and second.train_seconds[0] == first.train_seconds[0]
+    assert not (tmp_path / "runs" / "ablations" / "baseline").exists()             # nothing trained for it
+    assert "/dropout_06/seed0-" in second.run_dir[1]                                 # other settings: trained
+    assert any("the same settings as the finished" in line for line in said)
+
+
 def test_verdict_needs_seed_ranges_that_do_not_overlap():
     runs = pd.DataFrame({"arm": ["a", "a", "b", "b", "c", "c"], "seed": [0, 1] * 3,
                          "test_accuracy": [0.90, 0.91, 0.92, 0.93, 0.905, 0.925],
@@ -62,3 +79,23 @@ def test_every_study_of_every_profile_builds_its_models(profile):
                 build_model(config.model, 10, 1, **config.model_overrides)
             if name in ("baselines", "transfer"):
                 assert config.model_overrides == {}, (name, model, config.model_overrides)
+
+
+def test_results_read_kept_records_and_a_fresh_run_replaces_its_record(tmp_path):
+    """Notebook 07's collection: figures/records/ (kept in git, no weights) first, then runs/."""
+    from lib.runs import finished_runs
+
+    def write_json(path, payload):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload))
+
+    records, runs = tmp_path / "figures" / "records", tmp_path / "runs"
+    write_json(records / "fashion_mnist/laptop/laptop/metrics.json", {"test_accuracy": 0.9382})
+    write_json(records / "fashion_mnist/quick/terminal/seed0/metrics.json", {"test_accuracy": 0.9234})
+    write_json(runs / "fashion_mnist/quick/terminal/seed0/metrics.json", {"test_accuracy": 0.95})
+    write_json(runs / "fashion_mnist/quick/ablations/baseline/seed0-abc/metrics.json", {"test_accuracy": 0.89})
+    (runs / "stray.json").write_text("{}")
+    found = finished_runs(records, runs, tmp_path / "missing")
+    assert [str(k) for k in found] == ["fashion_mnist/laptop/laptop", "fashion_mnist/quick/ablations/baseline/seed0-abc",
+                                       "fashion_mnist/quick/terminal/seed0"]
+    assert found[next(k for k in found if k.name == "seed0")].is_relative_to(runs)      # the fresh run wins
