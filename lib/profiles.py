@@ -195,8 +195,10 @@ _CPU_STUDIES = {
     # 25-39%: no baseline worth showing fits, so the CPU profiles train none (notebook 02 says so).
     "baselines": {"models": [], "seeds": 2, "floor": None,
                   "train": {"limit": 1000, "epochs": 2, "batch_size": 64, "image_size": 36}},
-    # Table 3's "no fused stages" against V2's fused 1-3; the blog's knobs run on the paper profile
-    # (measured with dropout 0.6 as a third arm, `make reproduce` took ~47 minutes on 2 AVX2 cores).
+    # Table 3's "no fused stages" against V2's fused 1-3; the blog's knobs run on the paper profile (a
+    # first fresh-clone `make reproduce` with dropout 0.6 as a third arm and a small ResNet-50 study was
+    # past 40 minutes with notebook 05 unfinished, on 2 AVX2 cores). The baseline is notebook 04's
+    # fixed-size arm (the same settings), trained once.
     "ablations": {"seeds": 2, "floor": 0.88, "arms": ["baseline", "fused none"],
                   "train": {**_STUDY_V2, "schedule": {"dropout": 0.1, "drop_path": 0.05, "randaug_magnitude": 0}}},
     "progressive": {"seeds": 2, "floor": 0.88, "target_accuracy": 0.88,
