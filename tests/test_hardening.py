@@ -212,9 +212,12 @@ def test_unwritable_out_is_one_line(roots, capsys, no_system_copy):
 # ---------------------------------------------------------------- faults
 
 def cli(args):
+    """The command line in a child process. Ctrl-C restored to its default there: a suite started in the
+    background of a script (``cmd &``) inherits SIGINT ignored, and the interrupt test would not interrupt."""
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "lib.train", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_a_second_writer_is_refused_and_the_first_run_stays_whole(roots, tmp_path):
