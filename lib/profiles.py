@@ -188,7 +188,7 @@ _QUICK_V2 = {"width_mult": 0.35, "depth_mult": 0.2, "small_input": True, "bn_mom
 # from it mean something; None where the budget cannot give a strong baseline (the notebook says so).
 # The EfficientNetV2 studies train the quick network for 3 epochs (2 measured 87.5-87.9%, below the floor).
 _STUDY_V2 = {"epochs": 3, "batch_size": 128, "lr": 3e-3, "ema_decay": 0.999, "tta_flip": True, "randaug_ops": 0,
-             "model_overrides": {"width_mult": 0.35, "depth_mult": 0.2, "bn_momentum": 0.1}}
+             "model_overrides": _QUICK_V2}
 _CPU_STUDIES = {
     # ResNet-50 at 36 px trains at ~70 img/s on 2 cores (measured): 88% needs about a full epoch (our
     # estimate, ~13 min) per run, 3 regimes x 2 seeds over an hour, and 2 epochs on 1,000 images measured

@@ -43,13 +43,14 @@ def linear_accuracy(data: Dataset) -> float:
     return (predicted == data.val.labels.cpu()).double().mean().item()
 
 
-def linear_reference(figures: Path, load) -> float:
+def linear_reference(figures: Path, load=None) -> float | None:
     """Notebook 01's measured linear accuracy (``data_summary.json``), or measured now with ``load()``
-    (a function returning the Dataset) when notebook 01 has not run for this dataset."""
+    (a function returning the Dataset) when notebook 01 has not run for this dataset; None when it
+    has not and there is no ``load``."""
     summary = Path(figures) / "data_summary.json"
     if summary.is_file():
         return float(json.loads(summary.read_text())["linear_val_accuracy"])
-    return linear_accuracy(load())
+    return linear_accuracy(load()) if load is not None else None
 
 
 def draw_linear(ax, accuracy: float, *, percent: bool = True, vertical: bool = False) -> None:
