@@ -17,21 +17,23 @@ import pandas as pd
 import torch
 
 from .profiles import TrainConfig, config_for, merge
-from .runs import RunFolder, resolve
+from .runs import RunFolder, display_path, resolve
 from .train import run_or_reuse
 
 SUMMARY_COLUMNS = ["seeds", "test_accuracy_mean", "test_accuracy_std", "test_accuracy_min", "test_accuracy_max"]
 
 
 def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seeds: list[int], parent: Path, *,
-             retrain: bool = False, processes: int | None = None, reuse_from: Path | None = None, log=print,
-             **shared) -> pd.DataFrame:
+             retrain: bool = False, processes: int | None = None, reuse_from: Path | list[Path] | None = None,
+             train_missing: bool = True, log=print, **shared) -> pd.DataFrame:
     """One row per (arm, seed): the arm's settings merged into the study's (``config_for``), trained
     into ``parent/<arm>/<seed and settings key>/`` or reused. ``shared`` goes to every arm.
 
-    ``reuse_from``: a folder of other studies' runs (a notebook's ``run.runs``); an arm whose settings
-    equal a finished run there is not trained again (notebook 05's baseline is notebook 04's fixed-size
-    arm on the CPU profiles: same network, recipe, budget and seeds).
+    ``reuse_from``: folders of other studies' runs (a notebook's ``run.runs``, the records the repository
+    keeps); an arm whose settings equal a finished run there is not trained again (notebook 05's baseline
+    is notebook 04's fixed-size arm on the CPU profiles: same network, recipe, budget and seeds).
+    ``train_missing=False`` trains nothing: the rows are the runs found (notebook 02 on a CPU shows the
+    kept ResNet runs, ~45 minutes of training, only).
 
     On a CPU the runs go to ``processes`` worker processes (default: one per core, at most 4),
     each with its share of the threads: on 2 cores, two single-thread runs side by side do ~1.5x
@@ -40,11 +42,17 @@ def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seed
     """
     jobs = [(arm, seed, config_for(profile, dataset, study, seed=seed, **merge(copy.deepcopy(shared), edits)))
             for arm, edits in arms.items() for seed in seeds]
-    found = {} if retrain or reuse_from is None else {
-        i: metrics for i, (_, _, config) in enumerate(jobs) if (metrics := finished_elsewhere(config, reuse_from))}
+    roots = [] if retrain or reuse_from is None else reuse_from if isinstance(reuse_from, list) else [reuse_from]
+    found = {i: metrics for i, (_, _, config) in enumerate(jobs)
+             if (metrics := next(filter(None, (finished_elsewhere(config, root) for root in roots)), None))}
     for i, metrics in found.items():
         log(f"{jobs[i][0]}, seed {jobs[i][1]}: the same settings as the finished {metrics['run_dir']}, reused")
     todo = [i for i in range(len(jobs)) if i not in found]
+    if not train_missing:
+        for i in todo:
+            log(f"{jobs[i][0]}, seed {jobs[i][1]}: no finished run with these settings, not trained here")
+        jobs, todo = [jobs[i] for i in sorted(found)], []
+        found = dict(enumerate(found[i] for i in sorted(found)))
     processes = processes or default_processes(jobs[0][2].device if jobs else "cpu", len(todo))
     tasks = [(jobs[i][2], Path(parent) / slug(jobs[i][0]), retrain) for i in todo]
     if processes > 1:
@@ -69,12 +77,13 @@ def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seed
 
 
 def finished_elsewhere(config: TrainConfig, root: Path) -> dict | None:
-    """The metrics of a finished run under ``root`` (any depth) made with exactly these settings."""
+    """The metrics of a finished run under ``root`` (any depth) made with exactly these settings;
+    their ``run_dir`` is where it was found (a kept record's metrics name the folder it was trained in)."""
     identity, defaults = config.identity(), TrainConfig().identity()
     for path in sorted(resolve(root).glob(f"**/seed{config.seed}-*/metrics.json")):
         metrics = RunFolder(path.parent).finished_with(identity, defaults)
         if metrics is not None:
-            return metrics
+            return {**metrics, "run_dir": display_path(path.parent)}
     return None
 
 

@@ -1,5 +1,6 @@
 """Studies: arms x seeds trained (in worker processes on a CPU), reused, summarized, judged."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -49,6 +50,46 @@ def test_an_arm_another_study_already_trained_with_the_same_settings_is_reused(r
     assert not (tmp_path / "runs" / "ablations" / "baseline").exists()             # nothing trained for it
     assert "/dropout_06/seed0-" in second.run_dir[1]                                 # other settings: trained
     assert any("the same settings as the finished" in line for line in said)
+
+
+def test_a_kept_record_is_shown_and_nothing_missing_is_trained_when_asked_not_to(root, tmp_path):
+    """Notebook 02 on a CPU: the ResNet runs the repository keeps (metrics, config, curves; no weights, and
+    moved from where they were trained) are found by their settings; a missing one is not trained."""
+    import shutil
+    settings = dict(data_root=str(root), limit=None, epochs=1, batch_size=32, schedule={"size": [28, 28]})
+    trained = run_arms("smoke", "fashion_mnist", None, {"baseline": {}}, [0], tmp_path / "runs" / "baselines",
+                       processes=1, log=lambda *a: None, **settings)
+    kept = tmp_path / "figures" / "records" / "fashion_mnist"
+    shutil.copytree(tmp_path / "runs", kept, ignore=shutil.ignore_patterns("*.pt", "checkpoints"))
+    shutil.rmtree(tmp_path / "runs")
+    said = []
+    shown = run_arms("smoke", "fashion_mnist", None, {"baseline": {}, "dropout 0.6": {"schedule": {"dropout": 0.6}}},
+                     [0, 1], tmp_path / "runs" / "baselines", processes=1, reuse_from=[tmp_path / "runs", kept],
+                     train_missing=False, log=said.append, **settings)
+    assert list(zip(shown.arm, shown.seed)) == [("baseline", 0)]                       # found; the rest not trained
+    assert Path(shown.run_dir[0]).is_relative_to(kept)                                # where it was found
+    assert shown.test_accuracy[0] == trained.test_accuracy[0] and not (tmp_path / "runs").exists()
+    assert sum("not trained here" in line for line in said) == 3
+
+
+@pytest.mark.parametrize("profile", [p for p in PROFILES if PROFILES[p]["studies"].get("baselines", {}).get("kept")])
+def test_the_kept_resnet_runs_match_their_profile(profile):
+    """Notebook 02 on a CPU shows the runs the repository keeps instead of training them (~45 minutes):
+    a profile edit that changes their settings fails here, not silently in a notebook that then finds
+    nothing (retrain them: `papermill notebooks/02_resnet_baselines.ipynb OUT -p profile quick -p retrain True`)."""
+    from lib.profiles import BASELINE_REGIMES
+    from lib.runs import REPO_ROOT
+    from lib.studies import finished_elsewhere
+    plan = study(profile, "baselines")
+    for model in plan["models"]:
+        for regime in plan["regimes"]:
+            for seed in range(plan["seeds"]):
+                config = config_for(profile, "fashion_mnist", "baselines", seed=seed, model=model,
+                                    **BASELINE_REGIMES[regime])
+                metrics = finished_elsewhere(config, REPO_ROOT / "figures" / "records" / "fashion_mnist")
+                assert metrics is not None, f"no kept run of {model}, {regime}, seed {seed} for {profile}'s settings"
+                assert metrics["epochs"] == config.epochs
+                assert plan["floor"] is None or metrics["test_accuracy"] >= plan["floor"]
 
 
 def test_verdict_needs_seed_ranges_that_do_not_overlap():
