@@ -33,7 +33,7 @@ def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seed
     keeps); an arm whose settings equal a finished run there is not trained again (notebook 05's baseline
     is notebook 04's fixed-size arm on the CPU profiles: same network, recipe, budget and seeds).
     ``train_missing=False`` trains nothing: the rows are the runs found (notebook 02 on a CPU shows the
-    kept ResNet runs, ~45 minutes of training, only).
+    kept ResNet runs, an hour of training, only).
 
     On a CPU the runs go to ``processes`` worker processes (default: one per core, at most 4),
     each with its share of the threads: on 2 cores, two single-thread runs side by side do ~1.5x
@@ -43,16 +43,15 @@ def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seed
     jobs = [(arm, seed, config_for(profile, dataset, study, seed=seed, **merge(copy.deepcopy(shared), edits)))
             for arm, edits in arms.items() for seed in seeds]
     roots = [] if retrain or reuse_from is None else reuse_from if isinstance(reuse_from, list) else [reuse_from]
-    found = {i: metrics for i, (_, _, config) in enumerate(jobs)
-             if (metrics := next(filter(None, (finished_elsewhere(config, root) for root in roots)), None))}
-    for i, metrics in found.items():
-        log(f"{jobs[i][0]}, seed {jobs[i][1]}: the same settings as the finished {metrics['run_dir']}, reused")
-    todo = [i for i in range(len(jobs)) if i not in found]
+    found = [next((m for root in roots if (m := finished_elsewhere(config, root))), None) for _, _, config in jobs]
+    for (arm, seed, _), metrics in zip(jobs, found):
+        if metrics:
+            log(f"{arm}, seed {seed}: the same settings as the finished {metrics['run_dir']}, reused")
+        elif not train_missing:
+            log(f"{arm}, seed {seed}: no finished run with these settings, not trained here")
     if not train_missing:
-        for i in todo:
-            log(f"{jobs[i][0]}, seed {jobs[i][1]}: no finished run with these settings, not trained here")
-        jobs, todo = [jobs[i] for i in sorted(found)], []
-        found = dict(enumerate(found[i] for i in sorted(found)))
+        jobs, found = [j for j, m in zip(jobs, found) if m], [m for m in found if m]
+    todo = [i for i, metrics in enumerate(found) if metrics is None]
     processes = processes or default_processes(jobs[0][2].device if jobs else "cpu", len(todo))
     tasks = [(jobs[i][2], Path(parent) / slug(jobs[i][0]), retrain) for i in todo]
     if processes > 1:
@@ -63,10 +62,10 @@ def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seed
                     f"({metrics['train_seconds']:.0f} s) -> {metrics['run_dir']}")
                 found[i] = metrics
     else:
-        found.update({i: run_or_reuse(config, folder, retrain=retrain, log=log) for i, (config, folder, retrain) in zip(todo, tasks)})
-    results = [found[i] for i in range(len(jobs))]
+        for i, (config, folder, retrain) in zip(todo, tasks):
+            found[i] = run_or_reuse(config, folder, retrain=retrain, log=log)
     rows = []
-    for (arm, seed, _), metrics in zip(jobs, results):
+    for (arm, seed, _), metrics in zip(jobs, found):
         history = pd.read_csv(resolve(metrics["run_dir"]) / "metrics.csv")
         rows.append({"arm": arm, "seed": seed, "test_accuracy": metrics["test_accuracy"],
                          "train_accuracy": history.train_accuracy.iloc[-1], "val_accuracy": history.val_accuracy.iloc[-1],

@@ -74,7 +74,7 @@ def test_a_kept_record_is_shown_and_nothing_missing_is_trained_when_asked_not_to
 
 @pytest.mark.parametrize("profile", [p for p in PROFILES if PROFILES[p]["studies"].get("baselines", {}).get("kept")])
 def test_the_kept_resnet_runs_match_their_profile(profile):
-    """Notebook 02 on a CPU shows the runs the repository keeps instead of training them (~45 minutes):
+    """Notebook 02 on a CPU shows the runs the repository keeps instead of training them (an hour):
     a profile edit that changes their settings fails here, not silently in a notebook that then finds
     nothing (retrain them: `papermill notebooks/02_resnet_baselines.ipynb OUT -p profile quick -p retrain True`)."""
     from lib.profiles import BASELINE_REGIMES
