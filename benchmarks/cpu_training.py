@@ -3,6 +3,7 @@
     python benchmarks/cpu_training.py                    # every measurement below, ~5 min on 2 cores
     python benchmarks/cpu_training.py --only threads batch
     python benchmarks/cpu_training.py --only compile     # inductor: minutes of compiling first
+    python benchmarks/cpu_training.py --only mfu --run runs/fashion_mnist/quick/terminal/seed0   # + a real run's MFU
 
 Every comparison alternates its two (or more) settings, A B A B ..., and reports the median
 images/s of each and their ratio, so machine noise hits all alike. The model is a profile's
@@ -14,8 +15,10 @@ peak. Record the machine with the numbers (``lscpu``: AVX2 and AVX-512 machines 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -166,22 +169,37 @@ def compile_cost(args) -> None:
                         "compiled (inductor)": lambda: step_rate(fast, args.batch, args.size, args.steps)}, args.reps))
 
 
-def mfu(args) -> None:
-    """Achieved training FLOP/s (3 x forward FLOPs per image) against dense fp32 matmul FLOP/s."""
+def matmul_peak(reps: int) -> float:
+    """This machine's dense fp32 matmul FLOP/s (2048^2, median of ``reps``): the practical peak."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     torch.mm(a, b)
     rates = []
-    for _ in range(args.reps):
+    for _ in range(reps):
         started = time.perf_counter()
         for _ in range(5):
             torch.mm(a, b)
         rates.append(5 * 2 * 2048 ** 3 / (time.perf_counter() - started))
-    peak = statistics.median(rates)
+    return statistics.median(rates)
+
+
+def mfu(args) -> None:
+    """Achieved training FLOP/s (3 x forward FLOPs per image) against dense fp32 matmul FLOP/s.
+
+    With ``--run DIR`` (a finished run of this machine) the trainer's own figure comes first: its
+    ``train_flops`` over its training seconds (validation included), the whole loop as it ran."""
+    peak = matmul_peak(args.reps)
+    print(f"\ndense fp32 matmul 2048^2: {peak / 1e9:.1f} GFLOP/s (the practical peak)")
+    if args.run:
+        metrics = json.loads((Path(args.run) / "metrics.json").read_text())
+        achieved = metrics["train_flops"] / metrics["train_seconds"]
+        print(f"MFU of the run in {args.run} ({metrics['profile']} profile, {metrics['epochs']} epochs): "
+              f"{metrics['train_flops'] / 1e12:.2f} TFLOP in {metrics['train_seconds']:.0f} s = {achieved / 1e9:.1f} GFLOP/s, "
+              f"{achieved / peak:.1%} of the peak (measured now: run it on the machine that trained)")
     model = model_for(args.profile)
     per_image = 3 * count_flops(model, args.size, 1)
     images = statistics.median(step_rate(model, args.batch, args.size, args.steps) for _ in range(args.reps))
-    print(f"\nMFU: training {images:.0f} img/s x {per_image / 1e6:.1f} MFLOP = {images * per_image / 1e9:.1f} GFLOP/s; "
-          f"dense fp32 matmul 2048^2: {peak / 1e9:.1f} GFLOP/s; the trainer reaches {images * per_image / peak:.1%} of it")
+    print(f"MFU of a bare training step, batch {args.batch}: {images:.0f} img/s x {per_image / 1e6:.1f} MFLOP = "
+          f"{images * per_image / 1e9:.1f} GFLOP/s, {images * per_image / peak:.1%} of the peak")
 
 
 MEASUREMENTS = {"depthwise": depthwise, "format": memory_format, "threads": threads, "batch": batch,
@@ -196,6 +214,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--steps", type=int, default=6, help="training steps per timed repetition")
     p.add_argument("--reps", type=int, default=5, help="repetitions per setting, interleaved")
+    p.add_argument("--run", help="mfu: also the achieved FLOP/s of this finished run folder (its metrics.json)")
     args = p.parse_args()
     torch.manual_seed(0)
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, flags: {cpu_flags() or '?'}; torch {torch.__version__}; "
