@@ -107,6 +107,23 @@ def test_slugs_are_folder_names():
     assert slug("resnet50, no augmentation") == "resnet50_no_augmentation"
 
 
+def test_the_cpu_profiles_share_their_studies_whatever_their_own_recipes():
+    """quick and laptop share one table of studies (one set of runs, one set of kept records); their own
+    recipes (optimizer, warm-up, model, epochs) must not leak into any arm: the laptop's warm-up once did."""
+    from itertools import product
+    from lib.profiles import BASELINE_REGIMES
+    assert PROFILES["quick"]["studies"] is PROFILES["laptop"]["studies"]
+    for name, plan in PROFILES["quick"]["studies"].items():
+        models = [{"model": m} for m in plan.get("models", [])] or [{}]
+        regimes = [BASELINE_REGIMES[r] for r in plan.get("regimes", [])] or [{}]
+        modes = list(plan.get("modes", {}).values()) or [{}]
+        for model, regime, mode in product(models, regimes, modes):
+            arm = {**model, **regime, **mode}
+            quick, laptop = (config_for(p, "fashion_mnist", name, **arm).identity() for p in ("quick", "laptop"))
+            differs = {k for k in quick if k != "profile" and quick[k] != laptop[k]}
+            assert not differs, (name, arm, {k: (quick[k], laptop[k]) for k in differs})
+
+
 @pytest.mark.parametrize("profile", ["smoke", "quick", "laptop", "paper"])
 def test_every_study_of_every_profile_builds_its_models(profile):
     """A profile's model settings (say quick's BatchNorm momentum) must not leak into a study that
