@@ -130,6 +130,7 @@ class Training:
     epoch: int = 0                      # the next epoch to train
     steps: int = 0                      # optimizer steps taken
     aside: bool = False                 # an old run waits in .replaced/ for our first checkpoint
+    resumed_at: int | None = None       # the epoch (1-based) this process resumed at, if it did
     started: float = field(default_factory=time.perf_counter)
     flops_per_image: dict = field(default_factory=dict)   # image size -> forward FLOPs of one image
 
@@ -184,7 +185,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                 end_epoch(t, folder, stage, epoch, row, log)
                 if config.max_steps is not None and t.steps >= config.max_steps:
                     break
-            return finish(t, folder, started, log)
+            return finish(t, folder, log)
     except BaseException:
         if t is not None and t.aside and folder.recover():
             log(f"the new run stopped before its first checkpoint: the previous run in {folder.path} is back")
@@ -303,6 +304,9 @@ def restore(t: Training, folder: RunFolder, log) -> None:
         t.ema.load_state_dict(state["ema"])
     t.precision.scaler.load_state_dict(state.get("scaler") or {})
     t.history, t.epoch, t.steps = state["history"], state["epoch"], state["steps"]
+    if t.history:       # the clock goes on from the checkpoint's: wall_seconds counts every epoch kept, not the pause
+        t.started -= t.history[-1].get("elapsed_seconds", 0.0)
+    t.resumed_at = t.epoch + 1
     log(f"resumed from {path} at epoch {t.epoch + 1} "
         f"(stage {t.schedule.stage_at(min(t.epoch, t.config.epochs - 1)).index})")
 
@@ -419,19 +423,19 @@ def checkpoint_state(t: Training) -> dict:
             "scaler": t.precision.scaler.state_dict(), "history": t.history}
 
 
-def finish(t: Training, folder: RunFolder, started: float, log) -> dict:
+def finish(t: Training, folder: RunFolder, log) -> dict:
     """One hold-out test evaluation of the final (EMA) weights; model.pt, then metrics.json."""
     c, data = t.config, t.data
     test_loss, test_acc = evaluate(t.eval_model, DeviceLoader(data.test, c.eval_batch_size, shuffle=False),
                                    t.augmenter.eval_transform, tta_flip=c.tta_flip, autocast=t.precision.autocast)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - t.started
     metrics = {"dataset": data.name, "model": c.model, "profile": c.profile, "num_params": t.signature["num_params"],
                "trainable_params": t.notes["frozen"]["trainable"], "pretrained": t.notes.get("pretrained"),
                "trainable": c.trainable, "seed": c.seed, "test_accuracy": test_acc, "test_loss": test_loss,
                "tta_flip": c.tta_flip, "ema": t.ema is not None,
                "final_val_accuracy": t.history[-1]["val_accuracy"] if t.history else None,
                "best_val_accuracy": max((h["val_accuracy"] for h in t.history), default=None),
-               "epochs": len(t.history), "steps": t.steps, "wall_seconds": wall,
+               "epochs": len(t.history), "steps": t.steps, "wall_seconds": wall, "resumed_at_epoch": t.resumed_at,
                "train_seconds": sum(h["epoch_seconds"] for h in t.history),
                "train_flops": sum(h.get("train_flops", 0.0) for h in t.history),
                "precision": t.precision.describe(), "compile": t.compiler.describe(),

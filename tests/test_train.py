@@ -66,6 +66,11 @@ def test_kill_at_a_random_step_then_resume_equals_uninterrupted_run(tiny_root, t
     assert all(torch.equal(ref[k], got[k]) for k in ref), "resumed weights differ from the uninterrupted run"
     history = json.loads((tmp_path / "killed" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and [h["image_size"] for h in history] == [20, 20, 28, 28]
+    elapsed = [h["elapsed_seconds"] for h in history]
+    assert elapsed == sorted(elapsed), f"the clock restarted on resume: {elapsed}"      # it goes on from the checkpoint's
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert metrics["resumed_at_epoch"] in (2, 3, 4) and metrics["wall_seconds"] > elapsed[-1]
+    assert json.loads((tmp_path / "ref" / "metrics.json").read_text())["resumed_at_epoch"] is None
 
 
 def test_torchrun_two_processes_with_syncbn_equals_one_process(tiny_root, tmp_path):
