@@ -42,9 +42,21 @@ class NotebookRun:
         """Write ``payload`` next to the figures, with the parameters and machine that produced it."""
         path = self.out / name
         parameters = {k: runs.display_path(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-        runs.write_json(path, {"parameters": parameters, "command": runs.command(),
-                               "environment": runs.environment(), **payload})
+        runs.write_json(path, _portable({"parameters": parameters, "command": runs.command(),
+                                         "environment": runs.environment(), **payload}))
         return path
+
+
+def _portable(value):
+    """Paths inside the repository as repository-relative text, in every string of a payload: the JSON
+    next to the figures is committed, and one clone's absolute folder means nothing in another."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    if isinstance(value, (str, Path)):
+        return str(value).replace(f"{runs.REPO_ROOT}{os.sep}", "").replace(str(runs.REPO_ROOT), ".")
+    return value
 
 
 def start(notebook: str, dataset: str, profile: str, seed: int = 0, figures_dir: str = "figures",
