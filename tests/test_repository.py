@@ -64,3 +64,19 @@ def test_every_notebook_turns_a_missing_lib_into_one_line(monkeypatch):
             monkeypatch.undo()
         assert len(lines) == 1 and "pip install -e ." in lines[0], (path.name, lines)
         exec("".join(first["source"]), {})                       # with lib installed it passes quietly
+
+
+def test_the_json_beside_the_figures_names_repository_paths_relative(tmp_path):
+    """Figures' JSON is committed: one clone's absolute folder (/tmp/fresh1/data) means nothing in
+    another, so every string under the repository is written relative to it; other paths stay."""
+    from lib.notebook import NotebookRun
+    run = NotebookRun("01_x", "fashion_mnist", "quick", 0, REPO_ROOT / "data", tmp_path, REPO_ROOT / "runs")
+    path = run.write_json("x.json", {"source": str(REPO_ROOT / "data" / "FashionMNIST" / "raw"),
+                                     "why": [f"searched: {REPO_ROOT / 'data' / 'cifar-10-batches-py'}"],
+                                     "system": "/usr/share/datasets/fashion-mnist", "n": 3})
+    saved = json.loads(path.read_text())
+    assert saved["source"] == "data/FashionMNIST/raw" and saved["why"] == ["searched: data/cifar-10-batches-py"]
+    assert saved["system"] == "/usr/share/datasets/fashion-mnist" and saved["n"] == 3
+    assert saved["parameters"]["data_root"] == "data" and saved["parameters"]["runs"] == "runs"
+    for committed in (REPO_ROOT / "figures").glob("*/*.json"):
+        assert str(REPO_ROOT) not in committed.read_text() and "/tmp/" not in committed.read_text(), committed
