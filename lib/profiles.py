@@ -93,6 +93,7 @@ class TrainConfig:
     crop_padding: int = setting(2, non_negative)
     crop_mode: str = setting("zeros", one_of("zeros", "reflect"))
     flip: bool = True
+    random_erasing: float = setting(0.0, fraction)              # chance of one erased rectangle per image
     ema_decay: float = setting(0.0, fraction)                   # 0: no EMA of weights
     tta_flip: bool = False               # test-time flip augmentation for the final test number
     accumulate: int = setting(1, positive)                      # micro-batches per optimizer step (batch_size is their sum)

@@ -257,7 +257,8 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
         notes["preprocessing"] = preprocess.values()
     augmenter = BatchAugmenter(data.num_classes, schedule[0].image_size, data.mean, data.std,
                                num_ops=config.randaug_ops, padding=config.crop_padding, flip=config.flip,
-                               padding_mode=config.crop_mode, preprocess=preprocess)
+                               padding_mode=config.crop_mode, erasing=config.random_erasing,
+                               preprocess=preprocess)
     signature = {"model": config.model, "overrides": config.model_overrides, "num_classes": data.num_classes,
                  "in_channels": unwrap(model).in_channels, "num_params": count_parameters(model)}
     return Training(config, schedule, ctx, data, model, step_model, optimizer,

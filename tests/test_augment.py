@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF2
 
 from lib.augment import (
     GEOMETRIC_OPS, OP_NAMES, SIGNED_OPS, BatchAugmenter, RandAugment, apply_op, cutmix,
-    draw_mixup_params, mixup, normalize, op_strength, random_crop_flip, resize, sample_beta,
+    draw_mixup_params, mixup, normalize, op_strength, random_crop_flip, random_erasing, resize, sample_beta,
 )
 
 
@@ -200,6 +200,26 @@ def test_random_crop_flip_options():
         assert any(torch.equal(result, image[:, t:t + 10, l:l + 10]) for t in range(7) for l in range(7))
 
 
+def test_random_erasing_sets_one_rectangle_of_the_drawn_size_to_zero():
+    images = torch.randint(1, 256, (2000, 1, 28, 28), dtype=torch.uint8)     # no zeros before erasing
+    assert random_erasing(images, 0.0) is images
+    erased = random_erasing(images, 0.5, torch.Generator().manual_seed(3))
+    assert erased.dtype == torch.uint8 and erased.shape == images.shape
+    zero = erased[:, 0] == 0
+    hit = zero.flatten(1).any(1)
+    assert 0.45 < hit.float().mean() < 0.55                                  # the probability
+    assert torch.equal(erased[~hit], images[~hit])                            # untouched images
+    for image, original, mask in zip(erased[hit], images[hit], zero[hit]):
+        rows, columns = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        # one rectangle: the bounding box is all zeros, and nothing else changed
+        assert mask[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1].all()
+        assert torch.equal(image[0][~mask], original[0][~mask])
+    areas = zero[hit].flatten(1).sum(1).float() / (28 * 28)
+    assert areas.min() >= 0.01 and areas.max() <= 0.36 and 0.12 < areas.mean() < 0.2     # scale (0.02, 0.33)
+    again = random_erasing(images, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(erased, again)
+
+
 def test_resize_and_normalize():
     images = textured_images(4, 3, 28, 28)
     assert resize(images, 28) is images
@@ -284,3 +304,10 @@ def test_batch_augmenter_pipeline_and_stage_attributes():
     evaluated = augmenter.eval_transform(images)
     expected = normalize(F.interpolate(images.float(), size=(50, 50), mode="bilinear"), (0.286,), (0.353,))
     assert torch.allclose(evaluated, expected, atol=1e-5)
+
+    bright = torch.full((64, 1, 28, 28), 200, dtype=torch.uint8)              # erasing: zeros appear only with it on
+    plain = BatchAugmenter(10, 28, (0.0,), (1.0,), num_ops=0, padding=0, flip=False)
+    assert plain(bright, labels.repeat(2), torch.Generator().manual_seed(0))[0].min() > 0
+    plain.erasing = 0.5
+    erased = plain(bright, labels.repeat(2), torch.Generator().manual_seed(0))[0]
+    assert 0.3 < (erased.flatten(1).min(1).values == 0).float().mean() < 0.7

@@ -111,6 +111,7 @@ CASES = [
     ("unknown trainable", ["--set", "trainable=backbone"], "unknown trainable setting 'backbone'", None),
     ("unknown preprocessing", ["--set", "preprocessing=imagenet"], "unknown preprocessing 'imagenet'", None),
     ("unknown crop mode", ["--set", "crop_mode=mirror"], "unknown crop_mode 'mirror'", None),
+    ("erase every image", ["--set", "random_erasing=1.5"], "random_erasing must be in [0, 1)", None),
     ("unknown device", ["--device", "tpu"], "unknown device 'tpu'", None),
     ("unknown setting", ["--set", "colour=red"], "unknown setting(s) ['colour']", None),
     ("set without value", ["--set", "colour"], "--set expects KEY=VALUE", None),
