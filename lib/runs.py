@@ -187,9 +187,15 @@ def finished_runs(*roots: str | os.PathLike) -> dict[Path, Path]:
     return dict(sorted(found.items()))
 
 
+# Settings added after runs were made, with the value every earlier run had: left out of the folder
+# name at that value, so an existing run keeps its folder (``finished_with`` reads them as defaults).
+ADDED_SETTINGS = {"random_erasing": 0.0}
+
+
 def settings_key(identity: dict) -> str:
     """A folder name for one set of settings: ``seed<N>-<8 hex digits of the settings>``."""
-    text = json.dumps(identity, sort_keys=True, default=str)
+    named = {k: v for k, v in identity.items() if not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
+    text = json.dumps(named, sort_keys=True, default=str)
     return f"seed{identity.get('seed', 0)}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 

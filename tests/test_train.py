@@ -210,6 +210,15 @@ def test_run_or_reuse_keys_folders_by_settings_and_reuses_finished_runs(tiny_roo
     assert json.loads((folder / "metrics.json").read_text())["wall_seconds"] == first["wall_seconds"]  # untouched
 
 
+def test_a_setting_added_later_keeps_the_earlier_runs_folder_names():
+    from lib.runs import ADDED_SETTINGS, settings_key
+    from lib.profiles import config_for
+    identity = config_for("quick", "fashion_mnist").identity()
+    before = {k: v for k, v in identity.items() if k not in ADDED_SETTINGS}     # as written before they existed
+    assert settings_key(identity) == settings_key(before)
+    assert settings_key({**identity, "random_erasing": 0.5}) != settings_key(before)
+
+
 def test_train_flops_are_three_forward_passes_per_image_seen(tiny_root, tmp_path):
     metrics = train(small_config(tiny_root), tmp_path / "run", progress=False, log=lambda *a: None)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
