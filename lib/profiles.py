@@ -294,7 +294,7 @@ _BUILDER_DEFAULTS = {key: None for p in PROFILES.values()
 # What every study trains on top of its profile, whatever the budget (the budget is in PROFILES).
 STUDY_SETTINGS: dict[str, dict] = {
     # Each study sets its own augmentation (a profile's random erasing is not part of any study).
-# notebook 02: the coursework's Adam + label smoothing, one image size, no EMA or TTA
+    # notebook 02: the coursework's Adam + label smoothing, one image size, no EMA or TTA
     "baselines": {"model_overrides": _BUILDER_DEFAULTS, "warmup_epochs": 0.0,
                   "scheduler": "exponential", "optimizer": "adam", "lr": 1e-3, "ema_decay": 0.0,
                   "tta_flip": False, "random_erasing": 0.0,
