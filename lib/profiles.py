@@ -23,14 +23,16 @@ TRAINABLE_HELP = "'all', 'head' (classifier only) or 'last_stages:N' (the last N
 
 # ---------------------------------------------------------------- declaring a setting's range
 
-def setting(default, check=None, *, safe: bool = False, factory=None):
+def setting(default, check=None, *, safe: bool = False, added: bool = False, factory=None):
     """A dataclass field with a range check and a resume rule.
 
     ``check(name, value)`` returns the whole one-line complaint, or None when the value is fine.
     ``safe=True`` marks a setting that may differ when a run is resumed and that does not make
     it another run (where the data lives, how many checkpoints to keep, the device).
+    ``added=True`` marks a setting added after runs were made, whose ``default`` is what those
+    runs did: at that value it stays out of run-folder names, so they keep their folders.
     """
-    metadata = {"check": check, "safe": safe}
+    metadata = {"check": check, "safe": safe, "added": added}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -93,7 +95,7 @@ class TrainConfig:
     crop_padding: int = setting(2, non_negative)
     crop_mode: str = setting("zeros", one_of("zeros", "reflect"))
     flip: bool = True
-    random_erasing: float = setting(0.0, fraction)              # chance of one erased rectangle per image
+    random_erasing: float = setting(0.0, fraction, added=True)  # chance of one erased rectangle per image
     ema_decay: float = setting(0.0, fraction)                   # 0: no EMA of weights
     tta_flip: bool = False               # test-time flip augmentation for the final test number
     accumulate: int = setting(1, positive)                      # micro-batches per optimizer step (batch_size is their sum)
@@ -136,6 +138,11 @@ class TrainConfig:
 def safe_settings() -> set[str]:
     """Settings that may change on resume (and do not name a different run)."""
     return {f.name for f in fields(TrainConfig) if f.metadata.get("safe")}
+
+
+def added_settings() -> dict:
+    """Settings added after runs were made, with the value every earlier run had (their default)."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.metadata.get("added")}
 
 
 def _coerce(name: str, value, annotation):

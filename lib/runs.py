@@ -33,6 +33,8 @@ from typing import Callable
 
 import torch
 
+from .profiles import added_settings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = "checkpoints"
 ASIDE = ".replaced"
@@ -187,9 +189,10 @@ def finished_runs(*roots: str | os.PathLike) -> dict[Path, Path]:
     return dict(sorted(found.items()))
 
 
-# Settings added after runs were made, with the value every earlier run had: left out of the folder
-# name at that value, so an existing run keeps its folder (``finished_with`` reads them as defaults).
-ADDED_SETTINGS = {"random_erasing": 0.0}
+# Settings added after runs were made, with the value every earlier run had (``setting(added=True)``):
+# left out of the folder name at that value, so an existing run keeps its folder (``finished_with``
+# reads them as defaults).
+ADDED_SETTINGS = added_settings()
 
 
 def settings_key(identity: dict) -> str:
