@@ -164,6 +164,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
             folder.check(resume=resume, overwrite=overwrite)          # refusals come before any work
         check_model_settings(config, schedule)
         device.precision(config.amp, ctx.device)                       # a precision the device lacks: one line
+        device.Compiler(config.compile, ctx.device)                    # inductor without a C++ compiler: one line
         distributed.barrier(ctx)
         with folder.lock() if ctx.is_main else contextlib.nullcontext():
             data = load_data(config, ctx)
