@@ -2,6 +2,7 @@
 
     python benchmarks/time_to_accuracy.py                     # Fashion-MNIST, 90% validation, ~15 min on 2 cores
     python benchmarks/time_to_accuracy.py --target 0.88 --epochs 4
+    python benchmarks/time_to_accuracy.py --ours quick --compile   # the quick recipe, compiled: ~11 min
 
 Both sides train the same network (the ``quick`` profile's V2-S, width 0.35 / depth 0.2 with the
 small-image stem; the peer builds it with torchvision's ``EfficientNet`` class, and the parameter
