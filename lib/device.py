@@ -7,6 +7,7 @@ do is the few ``device.type == "cuda"`` lines below.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import shutil
@@ -84,6 +85,8 @@ class Compiler:
             raise ValueError(f"compile inductor on a CPU builds C++ kernels, and the C++ compiler {cpp_compiler()!r} "
                              f"was not found: install one (Debian: apt-get install g++), name it in CXX, or run "
                              f"without --compile")
+        if self.backend == "inductor" and device.type == "cpu":       # a CUDA build of torch on a CPU-only machine
+            logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_note)
         self.compilations = 0
         self._breaks_before = self._graph_breaks_so_far()
 
@@ -111,6 +114,12 @@ class Compiler:
         from torch._dynamo.utils import counters
         return sum(counters["graph_break"].values())
 
+
+
+
+def _no_cuda_note(record: logging.LogRecord) -> bool:
+    """Drops torch's 'No CUDA runtime is found' warning, which a CPU compile cannot act on."""
+    return "No CUDA runtime is found" not in record.getMessage()
 
 
 def cpp_compiler() -> str:
