@@ -30,8 +30,8 @@ counted too.
 from __future__ import annotations
 
 import argparse
-import functools
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -46,6 +46,7 @@ from torchvision.models.efficientnet import EfficientNet, FusedMBConvConfig, MBC
 from torchvision.ops.misc import Conv2dNormActivation
 from torchvision.transforms import v2
 
+from lib import device
 from lib.data import Split, load_dataset, stratified_split
 from lib.models import build_model, count_parameters
 from lib.models.efficientnet import VARIANTS, make_divisible, scale_table
@@ -167,7 +168,11 @@ def main() -> None:
     args = p.parse_args()
     config, our_config = recipe(args), ours_recipe(args)
     if args.compile:
-        our_config = dataclasses.replace(our_config, compile="inductor")
+        try:
+            our_config = dataclasses.replace(our_config, compile="inductor")
+            device.Compiler("inductor", torch.device("cpu"))          # a missing C++ compiler: one line, now
+        except ValueError as e:
+            p.error(str(e))
     assert (our_config.model, our_config.model_overrides) == (config.model, config.model_overrides)
     load_dataset("fashion_mnist", args.data_root)          # the torchvision layout in data/ (decompressed on first use)
     ours_model, twin = build_model(config.model, 10, 1, **config.model_overrides), torchvision_twin(config)

@@ -115,8 +115,6 @@ class Compiler:
         return sum(counters["graph_break"].values())
 
 
-
-
 def _no_cuda_note(record: logging.LogRecord) -> bool:
     """Drops torch's 'No CUDA runtime is found' warning, which a CPU compile cannot act on."""
     return "No CUDA runtime is found" not in record.getMessage()

@@ -73,7 +73,6 @@ def test_auto_compile_is_inductor_on_cuda_and_off_on_a_cpu():
     assert config_for("paper", "fashion_mnist").compile == "auto"
 
 
-
 def test_cpu_inductor_drops_only_the_cuda_runtime_warning(monkeypatch):
     """A CUDA build of torch warns 'No CUDA runtime is found' when inductor compiles on a CPU: noise there."""
     monkeypatch.setenv("CXX", sys.executable)                   # any program that exists stands in for g++
@@ -83,6 +82,7 @@ def test_cpu_inductor_drops_only_the_cuda_runtime_warning(monkeypatch):
     def kept(message):
         return log.filter(logging.LogRecord(log.name, logging.WARNING, __file__, 0, message, ("/usr/local",), None))
     assert not kept("No CUDA runtime is found, using CUDA_HOME='%s'") and kept("Error checking compiler version for %s")
+
 
 @pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_cpu_autocast_runs_the_mixed_precision_path(root, tmp_path, amp, dtype):

@@ -189,7 +189,6 @@ def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, r
         assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
 
 
-
 def test_inductor_without_a_cpp_compiler_is_one_line(roots, tmp_path, monkeypatch, no_system_copy, capsys):
     """Inductor's CPU backend builds C++ kernels: a machine without the compiler gets a line before any work."""
     monkeypatch.setenv("CXX", "no-such-c++-compiler")
