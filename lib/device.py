@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import resource
-import shutil
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -81,11 +78,8 @@ class Compiler:
         self.mode = mode
         self.backend = ("inductor" if device.type == "cuda" else None) if mode == "auto" else \
             (None if mode == "off" else mode)
-        if self.backend == "inductor" and device.type == "cpu" and not shutil.which(cpp_compiler()):
-            raise ValueError(f"compile inductor on a CPU builds C++ kernels, and the C++ compiler {cpp_compiler()!r} "
-                             f"was not found: install one (Debian: apt-get install g++), name it in CXX, or run "
-                             f"without --compile")
-        if self.backend == "inductor" and device.type == "cpu":       # a CUDA build of torch on a CPU-only machine
+        if self.backend == "inductor" and device.type == "cpu":
+            require_cpp_compiler()
             logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_note)
         self.compilations = 0
         self._breaks_before = self._graph_breaks_so_far()
@@ -120,9 +114,16 @@ def _no_cuda_note(record: logging.LogRecord) -> bool:
     return "No CUDA runtime is found" not in record.getMessage()
 
 
-def cpp_compiler() -> str:
-    """The C++ compiler inductor's CPU backend calls: $CXX, else g++ (clang++ on macOS)."""
-    return os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+def require_cpp_compiler() -> None:
+    """Inductor's CPU backend builds C++ kernels: ask its own compiler search ($CXX, else g++) now,
+    so a machine without one gets a line before any work instead of a traceback at the first step."""
+    from torch._inductor import config, cpp_builder, exc
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise ValueError(f"compile inductor on a CPU builds C++ kernels, and the C++ compiler {config.cpp.cxx[-1]!r} "
+                         f"was not found: install one (Debian: apt-get install g++), name it in CXX, or run "
+                         f"without --compile") from None
 
 
 def synchronize(device: torch.device) -> None:

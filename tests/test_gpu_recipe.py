@@ -73,10 +73,11 @@ def test_auto_compile_is_inductor_on_cuda_and_off_on_a_cpu():
     assert config_for("paper", "fashion_mnist").compile == "auto"
 
 
-def test_cpu_inductor_drops_only_the_cuda_runtime_warning(monkeypatch):
+def test_cpu_inductor_drops_only_the_cuda_runtime_warning():
     """A CUDA build of torch warns 'No CUDA runtime is found' when inductor compiles on a CPU: noise there."""
-    monkeypatch.setenv("CXX", sys.executable)                   # any program that exists stands in for g++
-    device.Compiler("inductor", torch.device("cpu"))
+    from torch._inductor import config as inductor
+    with inductor.patch({"cpp.cxx": (None, sys.executable)}):    # any program answering --version stands in for g++
+        device.Compiler("inductor", torch.device("cpu"))
     log = logging.getLogger("torch.utils.cpp_extension")
 
     def kept(message):

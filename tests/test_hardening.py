@@ -189,11 +189,12 @@ def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, r
         assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
 
 
-def test_inductor_without_a_cpp_compiler_is_one_line(roots, tmp_path, monkeypatch, no_system_copy, capsys):
+def test_inductor_without_a_cpp_compiler_is_one_line(roots, tmp_path, no_system_copy, capsys):
     """Inductor's CPU backend builds C++ kernels: a machine without the compiler gets a line before any work."""
-    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    from torch._inductor import config as inductor
     out = tmp_path / "out"
-    assert main(base_args(roots / "good", out, "--compile", "inductor")) == 2
+    with inductor.patch({"cpp.cxx": (None, "no-such-c++-compiler")}):          # what CXX=no-such-c++-compiler sets
+        assert main(base_args(roots / "good", out, "--compile", "inductor")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: compile inductor on a CPU builds C++ kernels") and err.count("\n") == 1, err
     assert "'no-such-c++-compiler' was not found" in err and not out.exists()
