@@ -168,9 +168,9 @@ def main() -> None:
     args = p.parse_args()
     config, our_config = recipe(args), ours_recipe(args)
     if args.compile:
+        our_config = dataclasses.replace(our_config, compile="inductor")
         try:
-            our_config = dataclasses.replace(our_config, compile="inductor")
-            device.Compiler("inductor", torch.device("cpu"))          # a missing C++ compiler: one line, now
+            device.require_cpp_compiler()                            # a missing C++ compiler: one line, now
         except ValueError as e:
             p.error(str(e))
     assert (our_config.model, our_config.model_overrides) == (config.model, config.model_overrides)
