@@ -432,6 +432,53 @@ def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator | 
     return out
 
 
+def random_resized_crop(images: Tensor, min_area: float, generator: torch.Generator | None = None,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+    """Scale augmentation for a whole batch: each image keeps a random box of ``min_area`` to all of
+    its area (log-uniform aspect ``ratio``, clipped to the image), stretched back to H x W.
+
+    ImageNet recipes train this way, so objects appear at many scales and a change of image size
+    (progressive learning) is one more scale the network has seen. torchvision's
+    ``RandomResizedCrop`` draws one box for a whole batched tensor; here every image draws its own,
+    and one bilinear ``grid_sample`` does the batch. uint8 in, uint8 out.
+    """
+    n, _, h, w = images.shape
+    if min_area >= 1:
+        return images
+    device = images.device
+    area = min_area + (1 - min_area) * _rand((n,), generator, device)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * _rand((n,), generator, device))
+    box_w = torch.sqrt(area * aspect).clamp(max=1.0)             # box sides as shares of the image's
+    box_h = torch.sqrt(area / aspect).clamp(max=1.0)
+    centre_x = (1 - box_w) * (2 * _rand((n,), generator, device) - 1)   # centres in [-1, 1] units
+    centre_y = (1 - box_h) * (2 * _rand((n,), generator, device) - 1)
+    zeros = torch.zeros_like(box_w)
+    theta = torch.stack([torch.stack([box_w, zeros, centre_x], 1), torch.stack([zeros, box_h, centre_y], 1)], 1)
+    grid = F.affine_grid(theta, [n, images.shape[1], h, w], align_corners=False)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round().clamp(0, 255).to(images.dtype)
+
+
+def random_window(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """A random ``size`` x ``size`` window of every image, at its native scale (no resampling).
+
+    Composer's "crop" mode of progressive resizing: a stage smaller than the images sees parts of
+    them with objects at the size they have at the final stage, instead of shrunken whole images.
+    """
+    n, c, h, w = images.shape
+    if size >= h and size >= w:
+        return images
+    size_h, size_w = min(size, h), min(size, w)
+    device = images.device
+    top = _randint(h - size_h + 1, (n, 1), generator, device)
+    left = _randint(w - size_w + 1, (n, 1), generator, device)
+    rows = torch.arange(size_h, device=device) + top                     # n x size_h source rows
+    columns = torch.arange(size_w, device=device) + left                 # n x size_w source columns
+    source = (rows.unsqueeze(2) * w + columns.unsqueeze(1)).view(n, 1, -1).expand(n, c, size_h * size_w)
+    return images.reshape(n, c, h * w).gather(2, source).view(n, c, size_h, size_w)
+
+
 def random_erasing(images: Tensor, probability: float, generator: torch.Generator | None = None,
                    scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> Tensor:
     """Random erasing (Zhong et al., 2017) for a whole batch: with ``probability`` each image gets one
@@ -586,26 +633,30 @@ def cutmix(images: Tensor, targets: Tensor, alpha: float, num_classes: int,
 class BatchAugmenter:
     """uint8 batch + labels -> (normalized float batch at `image_size`, soft targets).
 
-    Order: crop/flip, RandAugment and random erasing at native resolution on uint8 values (cheap),
-    then `preprocess(images, image_size)` (default: bilinear resize and the dataset's mean/std; a
-    pretrained model passes its weights' own transform), then mixup. `magnitude`, `mixup_alpha`
-    and `image_size` are plain attributes that the progressive trainer sets at each stage.
-    num_ops=0, padding=0 / flip=False or erasing=0 switch parts off.
+    Order: random-resized crop, crop/flip, RandAugment and random erasing at native resolution on
+    uint8 values (cheap), then `preprocess(images, image_size)` (default: bilinear resize and the
+    dataset's mean/std; a pretrained model passes its weights' own transform), then mixup.
+    `magnitude`, `mixup_alpha` and `image_size` are plain attributes that the progressive trainer
+    sets at each stage. num_ops=0, padding=0 / flip=False, erasing=0 or min_area=1 switch parts off.
+    resize_mode "crop" gives a stage smaller than the images random windows at native scale instead
+    of resized images, and evaluates on whole images at native size.
     """
 
     def __init__(self, num_classes: int, image_size: int, mean: Sequence[float],
                  std: Sequence[float], magnitude: float = 9, num_ops: int = 2,
                  mixup_alpha: float = 0.0, padding: int = 4, flip: bool = True,
                  padding_mode: str = "zeros", num_magnitude_bins: int = 31,
-                 fill: float | Sequence[float] = 0, erasing: float = 0.0,
-                 preprocess: Callable[[Tensor, int], Tensor] | None = None):
+                 fill: float | Sequence[float] = 0, erasing: float = 0.0, min_area: float = 1.0,
+                 resize_mode: str = "resize", preprocess: Callable[[Tensor, int], Tensor] | None = None):
+        if resize_mode not in ("resize", "crop"):
+            raise ValueError(f"resize_mode must be 'resize' or 'crop', got {resize_mode!r}")
         self.num_classes = num_classes
         self.image_size = image_size
         self.mean, self.std = list(mean), list(std)
         self.randaugment = RandAugment(num_ops, magnitude, num_magnitude_bins, fill)
         self.mixup_alpha = mixup_alpha
         self.padding, self.flip, self.padding_mode = padding, flip, padding_mode
-        self.erasing = erasing
+        self.erasing, self.min_area, self.resize_mode = erasing, min_area, resize_mode
         self.preprocess = preprocess or self._resize_and_normalize
         self._mean_std_on: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
@@ -626,17 +677,25 @@ class BatchAugmenter:
 
     def __call__(self, images: Tensor, labels: Tensor,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        augmented = random_crop_flip(images, self.padding, generator, self.flip, self.padding_mode)
+        augmented = random_resized_crop(images, self.min_area, generator)
+        augmented = random_crop_flip(augmented, self.padding, generator, self.flip, self.padding_mode)
         if self.randaugment.num_ops > 0:
             augmented = self.randaugment(augmented, generator)
         augmented = random_erasing(augmented, self.erasing, generator)
+        if self.resize_mode == "crop":
+            augmented = random_window(augmented, self.image_size, generator)
         normalized = self.preprocess(augmented, self.image_size)
         return mixup(normalized, labels, self.mixup_alpha, self.num_classes, generator)
 
+    def eval_size(self, native: int) -> int:
+        """The size evaluation runs at: the stage's, or the native one for a smaller stage in crop mode."""
+        return max(self.image_size, native) if self.resize_mode == "crop" else self.image_size
+
     def eval_transform(self, images: Tensor) -> Tensor:
         """Evaluation path: the same preprocessing, no augmentation."""
-        return self.preprocess(images, self.image_size)
+        return self.preprocess(images, self.eval_size(images.shape[-1]))
 
     def __repr__(self) -> str:
         return (f"BatchAugmenter(image_size={self.image_size}, {self.randaugment}, "
-                f"mixup_alpha={self.mixup_alpha}, padding={self.padding}, flip={self.flip}, erasing={self.erasing})")
+                f"mixup_alpha={self.mixup_alpha}, padding={self.padding}, flip={self.flip}, erasing={self.erasing}, "
+                f"min_area={self.min_area}, resize_mode={self.resize_mode!r})")

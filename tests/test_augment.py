@@ -12,7 +12,8 @@ from torchvision.transforms.v2 import functional as TF2
 
 from lib.augment import (
     GEOMETRIC_OPS, OP_NAMES, SIGNED_OPS, BatchAugmenter, RandAugment, apply_op, cutmix,
-    draw_mixup_params, mixup, normalize, op_strength, random_crop_flip, random_erasing, resize, sample_beta,
+    draw_mixup_params, mixup, normalize, op_strength, random_crop_flip, random_erasing, random_resized_crop,
+    random_window, resize, sample_beta,
 )
 
 
@@ -311,3 +312,46 @@ def test_batch_augmenter_pipeline_and_stage_attributes():
     plain.erasing = 0.5
     erased = plain(bright, labels.repeat(2), torch.Generator().manual_seed(0))[0]
     assert 0.3 < (erased.flatten(1).min(1).values == 0).float().mean() < 0.7
+
+
+def test_random_resized_crop_draws_a_box_per_image_and_keeps_the_whole_image_at_area_one():
+    images = textured_images(64, 1, 28, 28)
+    assert torch.equal(random_resized_crop(images, 1.0), images)
+    out = random_resized_crop(images, 0.35, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    again = random_resized_crop(images, 0.35, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)                                     # seeded
+    changed = (out != images).flatten(1).any(1)
+    assert changed.float().mean() > 0.9                                # nearly every image is cropped
+    same = random_resized_crop(images[:1].expand(64, -1, -1, -1).contiguous(), 0.35, torch.Generator().manual_seed(1))
+    assert len({bytes(x.numpy()) for x in same}) > 60                  # per image, not one box for the batch
+
+
+def test_random_resized_crop_of_a_quarter_box_magnifies_it_twice():
+    """A box of a quarter of the area with aspect 1 is half the side: a 2 x 2 block pattern becomes 4 x 4."""
+    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    image[..., ::2, :] = 200                                           # stripes one pixel high
+    out = random_resized_crop(image, 0.25 - 1e-9, torch.Generator().manual_seed(0), ratio=(1.0, 1.0))
+    rows = out[0, 0, :, 0].float()
+    assert ((rows[1:] - rows[:-1]).abs() > 50).sum() < 7               # fewer edges: the stripes got wider
+
+
+def test_random_window_crops_at_native_scale():
+    images = torch.arange(2 * 28 * 28, dtype=torch.float32).view(2, 1, 28, 28)
+    out = random_window(images, 20, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 20, 20)
+    for original, window in zip(images, out):                          # a contiguous block of the original
+        top, left = divmod(int(window[0, 0, 0].item()) % (28 * 28), 28)
+        assert torch.equal(window, original[:, top:top + 20, left:left + 20])
+    assert random_window(images, 28) is images
+
+
+def test_crop_mode_trains_on_windows_and_evaluates_whole_images():
+    images, labels = textured_images(8, 1, 28, 28), torch.arange(8) % 10
+    crop = BatchAugmenter(10, 20, [0.5], [0.25], num_ops=0, padding=0, flip=False, resize_mode="crop")
+    x, _ = crop(images, labels, torch.Generator().manual_seed(0))
+    assert x.shape == (8, 1, 20, 20) and crop.eval_transform(images).shape == (8, 1, 28, 28)
+    resized = BatchAugmenter(10, 20, [0.5], [0.25], num_ops=0, padding=0, flip=False)
+    assert resized.eval_transform(images).shape == (8, 1, 20, 20)
+    crop.image_size = 32                                               # above the native size: resized in both modes
+    assert crop.eval_transform(images).shape == (8, 1, 32, 32)
