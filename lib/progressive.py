@@ -60,11 +60,15 @@ class Schedule(list):
 def algorithm1(epochs: int, num_stages: int, size: tuple[int, int], *,
                randaug_magnitude: tuple[float, float] = (0, 0), mixup_alpha: tuple[float, float] = (0, 0),
                dropout: tuple[float, float] = (0, 0), drop_path: tuple[float, float] = (0, 0),
-               weight_decay: tuple[float, float] = (0, 0)) -> Schedule:
+               weight_decay: tuple[float, float] = (0, 0), final_share: float | None = None,
+               size_multiple: int = 1) -> Schedule:
     """Paper Algorithm 1: ``num_stages`` stages of (near) equal length, every value interpolated.
 
     Each regularizer is a ``(first, last)`` pair; stage i gets first + (last - first) * i / (M - 1).
     With ``epochs`` not divisible by M, the first ``epochs % M`` stages get one epoch more.
+    Two shapes of the anchors besides: ``final_share`` gives the last stage that share of the
+    epochs (FFCV and Composer keep the final size for the last 15-25%) and the other stages split
+    the rest; ``size_multiple`` rounds the sizes between the first and the last to a multiple.
     """
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
@@ -72,15 +76,28 @@ def algorithm1(epochs: int, num_stages: int, size: tuple[int, int], *,
         raise ValueError(f"num_stages must be between 1 and epochs ({epochs}), got {num_stages}")
     ranges = dict(randaug_magnitude=randaug_magnitude, mixup_alpha=mixup_alpha, dropout=dropout,
                   drop_path=drop_path, weight_decay=weight_decay)
+    lengths = _stage_lengths(epochs, num_stages, final_share)
     stages, start = [], 0
-    for i in range(num_stages):
+    for i, length in enumerate(lengths):
         t = i / (num_stages - 1) if num_stages > 1 else 1.0
-        length = epochs // num_stages + (1 if i < epochs % num_stages else 0)
         values = {k: lo + (hi - lo) * t for k, (lo, hi) in ranges.items()}
-        image_size = round(size[0] + (size[1] - size[0]) * t)
-        stages.append(Stage(i, start, start + length, image_size, **values))
+        image_size = size[0] + (size[1] - size[0]) * t
+        if 0 < i < num_stages - 1:
+            image_size = size_multiple * round(image_size / size_multiple)
+        stages.append(Stage(i, start, start + length, round(image_size), **values))
         start += length
     return _validated(Schedule(stages))
+
+
+def _stage_lengths(epochs: int, num_stages: int, final_share: float | None) -> list[int]:
+    """Epochs per stage: equal (the first ``epochs % M`` one more), or the last ``final_share`` of
+    them in the last stage and the rest split so."""
+    if final_share is None or num_stages == 1:
+        return [epochs // num_stages + (1 if i < epochs % num_stages else 0) for i in range(num_stages)]
+    if not 0 < final_share < 1:
+        raise ValueError(f"final_share must be in (0, 1), got {final_share}")
+    last = min(max(1, round(epochs * final_share)), epochs - (num_stages - 1))
+    return [*_stage_lengths(epochs - last, num_stages - 1, None), last]
 
 
 def phase_table(rows: list[dict], epochs: int | None = None) -> Schedule:
@@ -180,19 +197,28 @@ def schedule_from_spec(spec: dict, epochs: int) -> Schedule:
         return phase_table(spec["phases"], epochs)
     if "size" not in spec:
         raise ValueError("a schedule needs 'size': [first, last] image sizes (or 'phases' / 'coursework')")
-    allowed = {"num_stages", "size"} | set(REGULARIZERS)
+    allowed = {"num_stages", "size", "final_share", "size_multiple"} | set(REGULARIZERS)
     unknown = set(spec) - allowed
     if unknown:
         raise ValueError(f"unknown schedule setting(s) {sorted(unknown)}; known: {', '.join(sorted(allowed))}")
     num_stages = spec.pop("num_stages", 1)
     if isinstance(num_stages, bool) or not isinstance(num_stages, int):
         raise ValueError(f"num_stages must be an integer, got {num_stages!r}")
+    shape = {k: spec.pop(k) for k in ("final_share", "size_multiple") if k in spec}
+    if "final_share" in shape and (isinstance(shape["final_share"], bool)
+                                   or not isinstance(shape["final_share"], (int, float))):
+        raise ValueError(f"final_share must be a number in (0, 1), got {shape['final_share']!r}")
+    multiple = shape.get("size_multiple", 1)
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, float)) or multiple < 1 \
+            or not float(multiple).is_integer():
+        raise ValueError(f"size_multiple must be a whole number of pixels >= 1, got {multiple!r}")
+    shape["size_multiple"] = int(multiple)
     pairs = {k: _pair(k, v) for k, v in spec.items()}
     if not all(float(v).is_integer() for v in pairs["size"]):
         raise ValueError(f"size must be whole pixels, got {spec['size']!r}")
     if pairs["size"][1] < pairs["size"][0]:
         raise ValueError(f"size {list(pairs['size'])} shrinks: progressive learning grows images; give [small, large]")
-    return algorithm1(epochs, num_stages, **pairs)
+    return algorithm1(epochs, num_stages, **pairs, **shape)
 
 
 def _pair(name: str, value) -> tuple[float, float]:

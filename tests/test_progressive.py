@@ -45,3 +45,29 @@ def test_bad_schedules_are_one_line_errors(call, message):
     with pytest.raises(ValueError, match=message) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+def test_final_share_keeps_the_last_stage_for_that_share_of_the_epochs():
+    s = schedule_from_spec({"num_stages": 2, "size": [20, 28], "final_share": 0.3}, 10)
+    assert [(st.image_size, st.epochs) for st in s] == [(20, 7), (28, 3)]
+    s = schedule_from_spec({"num_stages": 3, "size": [16, 28], "final_share": 0.25, "dropout": [0, 0.2]}, 12)
+    assert [st.epochs for st in s] == [5, 4, 3] and s.epochs == 12
+    assert [st.dropout for st in s] == pytest.approx([0, 0.1, 0.2])       # still interpolated by stage
+
+
+def test_size_multiple_rounds_the_sizes_between_first_and_last():
+    s = schedule_from_spec({"num_stages": 4, "size": [17, 29], "size_multiple": 8}, 8)
+    assert [st.image_size for st in s] == [17, 24, 24, 29]               # 21 and 25 round to 24; the ends stay
+    assert [st.image_size for st in algorithm1(4, 4, (17, 29))] == [17, 21, 25, 29]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"num_stages": 2, "size": [20, 28], "final_share": 1.2}, "final_share"),
+    ({"num_stages": 2, "size": [20, 28], "final_share": "most"}, "final_share"),
+    ({"num_stages": 2, "size": [20, 28], "size_multiple": 0}, "size_multiple"),
+    ({"num_stages": 2, "size": [20, 28], "size_multiple": 2.5}, "size_multiple"),
+])
+def test_bad_schedule_shapes_are_one_line_errors(spec, message):
+    with pytest.raises(ValueError, match=message) as err:
+        schedule_from_spec(spec, 10)
+    assert "\n" not in str(err.value)
