@@ -52,6 +52,10 @@ def fraction(name, value):
     return None if 0 <= value < 1 else f"{name} must be in [0, 1), got {value!r}"
 
 
+def area_share(name, value):
+    return None if 0 < value <= 1 else f"{name} must be in (0, 1], got {value!r}"
+
+
 def one_of(*choices):
     def check(name, value):
         return None if value in choices else f"unknown {name} {value!r}: choose one of {', '.join(map(str, choices))}"
@@ -96,7 +100,11 @@ class TrainConfig:
     crop_mode: str = setting("zeros", one_of("zeros", "reflect"))
     flip: bool = True
     random_erasing: float = setting(0.0, fraction, added=True)  # chance of one erased rectangle per image
+    rrc_min_area: float = setting(1.0, area_share, added=True)  # random-resized crops keep this share of the area or more; 1: off
+    resize_mode: str = setting("resize", one_of("resize", "crop"), added=True)   # stages below native size: resized or cropped
+    bn_recalibration: int = setting(0, non_negative, added=True)   # training images that re-estimate BatchNorm per size change
     ema_decay: float = setting(0.0, fraction)                   # 0: no EMA of weights
+    ema_restart: bool = setting(False, added=True)              # the EMA starts again from the weights at a size change
     tta_flip: bool = False               # test-time flip augmentation for the final test number
     accumulate: int = setting(1, positive)                      # micro-batches per optimizer step (batch_size is their sum)
     # speed
@@ -190,6 +198,26 @@ _CIFAR_ON_CPU = {"image_size": [24, 32], "crop_padding": 4}
 _CIFAR_FIXED = {"image_size": 32, "crop_padding": 4}
 _TINY_V2 = {"width_mult": 0.25, "depth_mult": 0.1, "small_input": True}
 _QUICK_V2 = {"width_mult": 0.35, "depth_mult": 0.2, "small_input": True, "bn_momentum": 0.1}
+# The quick profile's recipe, with every setting that the laptop profile makes otherwise pinned, so the
+# studies that measure progressive learning at the budget where quick's fixed-size run is strong give
+# the same runs under both profiles.
+_QUICK_RECIPE = {"model": "efficientnetv2_s", "model_overrides": _QUICK_V2, "batch_size": 128, "optimizer": "sgd",
+                 "lr": 0.1, "scheduler": "cosine", "warmup_epochs": 0.5, "label_smoothing": 0.1, "randaug_ops": 0,
+                 "crop_padding": 2, "ema_decay": 0.999, "tta_flip": True, "random_erasing": 0.0}
+# What a size change costs (notebook 04): a short run of the quick recipe that switches once, from the
+# small to the final size after half its epochs; each arm one remedy. Every run reads the validation
+# split at the new size before its first step there (lib.train.change_size).
+_SWITCH = {"epochs": 4, "schedule": {"num_stages": 2, "size": [20, 28], "weight_decay": 5e-4}}
+_SWITCH_ARMS = {
+    "20 -> 28 px": {},
+    "20 -> 28 px, BN re-estimated": {"bn_recalibration": 2000},
+    "20 -> 28 px, BN re-estimated, EMA restarted": {"bn_recalibration": 2000, "ema_restart": True},
+    "24 -> 28 px, BN re-estimated": {"bn_recalibration": 2000, "image_size": [24, 28]},
+    "20 -> 28 px random-resized crops, BN re-estimated": {"bn_recalibration": 2000, "rrc_min_area": 0.35,
+                                                          "crop_padding": 0},
+    "20 -> 28 px crop mode, BN re-estimated": {"bn_recalibration": 2000, "resize_mode": "crop"},
+    "40 -> 56 px (upsampled), BN re-estimated": {"bn_recalibration": 2000, "image_size": [40, 56]},
+}
 # What each notebook's experiments train on a CPU (the quick and laptop profiles share them), sized
 # so that `make reproduce` stays near 40 minutes on a 2-core CPU. ``floor``: the Fashion-MNIST test
 # accuracy the study's baseline must reach at this budget (its notebook asserts it), so differences
@@ -217,6 +245,7 @@ _CPU_STUDIES = {
                                                         "dropout": [0, 0.1], "drop_path": [0, 0.05]}}},
     "transfer": {"train": {"model": "efficientnet_b0", "limit": 2000, "batch_size": 64, "image_size": 128},
                  "modes": {"head": {"epochs": 3, "lr": 3e-3}, "all": {"epochs": 2, "lr": 3e-4}}},
+    "switch": {"seeds": 2, "kept": True, "train": {**_QUICK_RECIPE, **_SWITCH}, "arms": _SWITCH_ARMS},
 }
 
 PROFILES: dict[str, dict] = {
@@ -245,9 +274,7 @@ PROFILES: dict[str, dict] = {
         # dropout (they measured worse at this budget), BatchNorm statistics that keep up (momentum 0.1),
         # one image size (progressive resizing lost accuracy here: notebook 04's comparison), an EMA of
         # weights and flip TTA. SGD with Nesterov momentum and weight decay, not Adam: README "Results".
-        "model": "efficientnetv2_s", "model_overrides": _QUICK_V2,
-        "epochs": 9, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "scheduler": "cosine", "warmup_epochs": 0.5,
-        "randaug_ops": 0, "ema_decay": 0.999, "tta_flip": True,
+        **_QUICK_RECIPE, "epochs": 9,
         "schedule": {"num_stages": 1, "size": [28, 28], "randaug_magnitude": 0, "mixup_alpha": 0,
                      "dropout": 0, "drop_path": 0, "weight_decay": 5e-4},
         "datasets": {"cifar10": _CIFAR_FIXED, "cifar100": _CIFAR_FIXED},

@@ -117,7 +117,8 @@ def write_json(path: Path, payload) -> None:
 def write_csv(path: Path, rows: list[dict]) -> None:
     def write(p: Path) -> None:
         with open(p, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            fields = list(dict.fromkeys(key for row in rows for key in row))    # rows may add columns (a size change's readings)
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
     if rows:

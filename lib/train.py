@@ -74,6 +74,41 @@ def epoch_generator(seed: int, epoch: int, rank: int, device: torch.device) -> t
     return torch.Generator(device=device).manual_seed(seed * 7_919 + epoch * 31 + rank)
 
 
+def recalibration_images(images: torch.Tensor, count: int, seed: int, epoch: int) -> torch.Tensor:
+    """``count`` training images drawn by (seed, epoch) alone, the same on every process, so a
+    resumed run re-estimates BatchNorm from the same images."""
+    generator = torch.Generator().manual_seed(seed * 7_919 + epoch * 31 + 104_729)
+    chosen = torch.randperm(len(images), generator=generator)[:count]
+    return images[chosen.to(images.device)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, transform, *, batch_size: int = 500,
+                          channels_last: bool = False, autocast=contextlib.nullcontext) -> None:
+    """Re-estimate every BatchNorm's running statistics of ``model`` on ``images`` (uint8) as
+    ``transform`` prepares them for evaluation.
+
+    After a change of image size the running statistics still describe the old size, and an EMA
+    of the weights averages them over thousands of steps; once-for-all re-estimates after every
+    architecture change the same way. ``torch.optim.swa_utils.update_bn`` does the averaging (over
+    all batches, not a momentum); dropout and stochastic depth are off meanwhile, so the statistics
+    are those of the network that is evaluated.
+    """
+    plain = unwrap(model)
+    rates = plain.dropout, plain.drop_path_rate
+    plain.set_dropout(0.0)
+    plain.set_drop_path_rate(0.0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batches = (transform(images[i:i + batch_size]).contiguous(memory_format=memory_format)
+               for i in range(0, len(images), batch_size))
+    try:
+        with autocast():
+            torch.optim.swa_utils.update_bn(batches, plain)
+    finally:
+        plain.set_dropout(rates[0])
+        plain.set_drop_path_rate(rates[1])
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, transform, *, tta_flip: bool = False,
              autocast=contextlib.nullcontext) -> tuple[float, float]:
@@ -182,8 +217,9 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                     log(f"-- {stage.describe()}" + (f" (compilations so far: {t.compiler.compilations})"
                                                      if t.compiler.backend else ""))
                     current = stage
+                switch = change_size(t, epoch, log)
                 row = train_one_epoch(t, stage, epoch, folder, progress)
-                end_epoch(t, folder, stage, epoch, row, log)
+                end_epoch(t, folder, stage, epoch, {**row, **switch}, log)
                 if config.max_steps is not None and t.steps >= config.max_steps:
                     break
             return finish(t, folder, log)
@@ -205,6 +241,9 @@ def check_model_settings(config: TrainConfig, schedule: Schedule) -> None:
         raise ValueError(f"model_overrides {config.model_overrides} do not fit {config.model}: {e}") from None
     for stage in schedule:
         check_input_size(model, stage.image_size, f" in stage {stage.index}")
+    if config.bn_recalibration and config.trainable != "all":
+        raise ValueError(f"bn_recalibration re-estimates every BatchNorm, but trainable is {config.trainable!r}: "
+                         f"frozen layers keep their pretrained statistics; set bn_recalibration=0")
 
 
 def load_data(config: TrainConfig, ctx: distributed.Context) -> Dataset:
@@ -259,7 +298,7 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
     augmenter = BatchAugmenter(data.num_classes, schedule[0].image_size, data.mean, data.std,
                                num_ops=config.randaug_ops, padding=config.crop_padding, flip=config.flip,
                                padding_mode=config.crop_mode, erasing=config.random_erasing,
-                               preprocess=preprocess)
+                               min_area=config.rrc_min_area, resize_mode=config.resize_mode, preprocess=preprocess)
     signature = {"model": config.model, "overrides": config.model_overrides, "num_classes": data.num_classes,
                  "in_channels": unwrap(model).in_channels, "num_params": count_parameters(model)}
     return Training(config, schedule, ctx, data, model, step_model, optimizer,
@@ -321,6 +360,46 @@ def progress_disabled() -> bool:
     """TQDM_DISABLE=1 (make test) switches the bars off. Read here, not by tqdm: tqdm.notebook, what
     tqdm.auto picks in a kernel, ignores the variable, and tqdm.std takes any value, "0" too, as true."""
     return os.environ.get("TQDM_DISABLE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def recalibrate(t: Training, model: nn.Module, epoch: int) -> None:
+    """``bn_recalibration`` training images re-estimate ``model``'s BatchNorm at the current size."""
+    images = recalibration_images(t.data.train.images, t.config.bn_recalibration, t.config.seed, epoch)
+    recalibrate_batchnorm(model, images, t.augmenter.eval_transform, batch_size=t.config.eval_batch_size,
+                          channels_last=t.config.channels_last, autocast=t.precision.autocast)
+
+
+def change_size(t: Training, epoch: int, log) -> dict:
+    """At the first epoch of a stage with a new image size: what a size change costs, measured.
+
+    The evaluated model reads the validation split at the new size before any step there, as it
+    is (``switch_val_accuracy``); with ``bn_recalibration`` the model and its EMA then re-estimate
+    BatchNorm at the new size and read it again (``switch_val_accuracy_recalibrated``), and the
+    seconds that took count as training time. ``ema_restart`` makes the EMA forget the weights of
+    the old size (its average lags a change by about 1 / (1 - decay) steps). Nothing here draws
+    from the training generators.
+    """
+    if epoch == 0 or t.schedule.stage_at(epoch - 1).image_size == t.schedule.stage_at(epoch).image_size:
+        return {}
+    reading = {}
+    if len(t.data.val):
+        reading["switch_val_accuracy"] = evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform,
+                                                  autocast=t.precision.autocast)[1]
+    if t.config.ema_restart and t.ema is not None:     # its next update copies the weights, then warms up again
+        t.ema.n_averaged.zero_()
+    if t.config.bn_recalibration:
+        started = time.perf_counter()
+        for model in (t.model, *([t.ema.module] if t.ema is not None else [])):
+            recalibrate(t, model, epoch)
+        device.synchronize(t.ctx.device)
+        reading["recalibration_seconds"] = time.perf_counter() - started
+        if len(t.data.val):
+            reading["switch_val_accuracy_recalibrated"] = evaluate(
+                t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast)[1]
+    log("   size change: validation at the new size before any step " + ", ".join(
+        f"{k.replace('switch_val_accuracy', '').strip('_') or 'as is'} {v:.2%}" for k, v in reading.items()
+        if k.startswith("switch")))
+    return reading
 
 
 def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, progress: bool) -> dict:
@@ -391,6 +470,8 @@ def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple
 def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_stats: dict, log) -> None:
     """Validate, step the plateau rule, log one line, and write the epoch's row and checkpoint."""
     c, data = t.config, t.data
+    if c.bn_recalibration and t.ema is not None:     # the averaged weights get statistics of their own
+        recalibrate(t, t.ema.module, epoch)
     val_loss, val_acc = (evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast)
                          if len(data.val) else (float("nan"), float("nan")))
     t.lr.end_epoch(val_acc)
@@ -399,10 +480,11 @@ def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_st
            "dropout": stage.dropout, "drop_path": stage.drop_path, "weight_decay": stage.weight_decay,
            "lr": t.optimizer.param_groups[0]["lr"], "train_loss": train_stats["train_loss"],
            "train_accuracy": train_stats["train_accuracy"], "val_loss": val_loss, "val_accuracy": val_acc,
-           "epoch_seconds": time.perf_counter() - train_stats["started"],
+           "epoch_seconds": time.perf_counter() - train_stats["started"] + train_stats.get("recalibration_seconds", 0.0),
            "train_images_per_second": train_stats["train_images_per_second"],
            "train_flops": t.train_flops(stage.image_size, train_stats["images"]),
-           "elapsed_seconds": time.perf_counter() - t.started}
+           "elapsed_seconds": time.perf_counter() - t.started,
+           **{k: v for k, v in train_stats.items() if k.startswith(("switch_", "recalibration_"))}}
     t.history.append(row)
     t.epoch = epoch + 1
     log(f"epoch {epoch + 1:3d}/{c.epochs} @{stage.image_size}px  train {row['train_loss']:.4f} / "
