@@ -524,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                         "write OUT/preflight.json, and stop")
     args = p.parse_args(argv)
     try:
+        RunFolder(args.out).check_path()          # an empty --out, someone else's folder: before anything loads
         whole = {k: parse_value(v) if isinstance(v, str) else v
                  for k, v in {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
                               "lr": args.lr, "optimizer": args.optimizer, "scheduler": args.scheduler,

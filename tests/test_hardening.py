@@ -139,6 +139,16 @@ CASES = [
     ("unknown dataset", ["--dataset", "imagenet"], "unknown dataset 'imagenet'", None),
     ("dataset not here, no download", ["--dataset", "cifar10", "--set", "download=false"], "cifar10 not found", None),
     ("out is a file", [], "is a file, not a folder", "file"),
+    ("out empty", [], "--out is empty ('')", ""),
+    ("out only spaces", [], "--out is empty (only spaces)", "  "),
+    ("out empty, overwrite", ["--overwrite"], "--out is empty", ""),
+    ("out someone else's folder", [], "is not empty and holds no training run (a.txt, notes.md, photo.jpg and 1 more)",
+     "foreign"),
+    ("out someone else's folder, overwrite", ["--overwrite"], "holds no training run", "foreign"),
+    ("out someone else's folder, resume", ["--resume"], "holds no training run", "foreign"),
+    ("preflight into someone else's folder", ["--preflight"], "holds no training run", "foreign"),
+    ("out the repository root", ["--overwrite"], f"--out {runs.REPO_ROOT} is not empty and holds no training run",
+     "repository"),
     ("out under a file", [], "is a file, not a folder", "under a file"),
     ("resume with nothing to resume", ["--resume"], "no checkpoint in", None),
     ("finished run kept", [], "holds a finished run", "finished"),
@@ -165,6 +175,13 @@ CASES = [
 def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, roots, finished_run, tmp_path,
                                                  no_system_copy, capsys):
     root, out = roots / "good", tmp_path / "out"
+    if start in ("", "  ", "repository"):                   # the repository root, where an empty --out resolves
+        out = runs.REPO_ROOT if start == "repository" else start
+        repository = sorted(p.name for p in runs.REPO_ROOT.iterdir())
+    elif start == "foreign":                                # a folder of files that are not a run
+        for name in ("notes.md", "a.txt", "photo.jpg", ".hidden"):
+            (out / name).parent.mkdir(exist_ok=True)
+            (out / name).write_text(name)
     if start in ("finished", "unfinished"):
         shutil.copytree(finished_run, out)
         if start == "unfinished":
@@ -178,13 +195,16 @@ def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, r
         root = roots / start
     elif start in ("lacking", "single", "empty"):
         extra = [*extra, "--dataset", str(roots / start)]
-    before = snapshot(out if out.exists() else tmp_path / "none", roots)
+    watched = out if start not in ("", "  ", "repository") and out.exists() else tmp_path / "none"
+    before = snapshot(watched, roots)
     code = main(base_args(root, out, *extra))
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert expected in err, err
-    assert snapshot(out if out.exists() else tmp_path / "none", roots) == before      # nothing removed or changed
+    assert snapshot(watched, roots) == before      # nothing removed or changed
+    if start in ("", "  ", "repository"):
+        assert sorted(p.name for p in runs.REPO_ROOT.iterdir()) == repository   # no run file among the project's
     if start is None:
         assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
 
@@ -218,6 +238,29 @@ def test_unwritable_out_is_one_line(roots, capsys, no_system_copy):
     assert main(base_args(roots / "good", target)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write in {target}") and err.count("\n") == 1, err
+
+
+def test_the_lock_file_goes_with_its_holder_and_a_removed_one_is_never_held(tmp_path, monkeypatch):
+    folder = runs.RunFolder(tmp_path / "run")
+    with folder.lock():
+        assert (folder.path / runs.LOCK).read_text() == str(os.getpid())
+        with pytest.raises(runs.RunFolderError, match=f"in use by another training process \\(pid {os.getpid()}\\)"):
+            with runs.RunFolder(folder.path).lock():
+                pass
+        assert (folder.path / runs.LOCK).exists()                      # a refused writer leaves the holder's file
+    assert not (folder.path / runs.LOCK).exists()
+    real, calls = runs.fcntl.flock, []
+
+    def holder_leaves(fd, op):         # the holder finishes between our open and our flock: removes its file
+        calls.append(fd)
+        if len(calls) == 1:
+            (folder.path / runs.LOCK).unlink()
+            (folder.path / runs.LOCK).write_text("")                   # and the next run creates a new one
+        return real(fd, op)
+    monkeypatch.setattr(runs.fcntl, "flock", holder_leaves)
+    with folder.lock():
+        assert len(calls) == 2 and (folder.path / runs.LOCK).read_text() == str(os.getpid())
+    assert not (folder.path / runs.LOCK).exists()
 
 
 # ---------------------------------------------------------------- faults

@@ -111,6 +111,7 @@ def test_outputs_and_no_clobbering(tiny_root, tmp_path):
                    "dropout", "drop_path", "weight_decay", "epoch_seconds", "train_images_per_second"):
         assert column in header, column
     assert len(list((out / "checkpoints").glob("*.pt"))) == 1          # keep_checkpoints=1 in smoke
+    assert not (out / ".lock").exists()                                 # a finished run takes its lock file away
     with pytest.raises(TrainingError, match="finished run"):
         train(small_config(tiny_root), out, progress=False, log=lambda *a: None)
     train(small_config(tiny_root), out, overwrite=True, progress=False, log=lambda *a: None)
