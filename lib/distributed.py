@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import device as devices
+
 
 @dataclass
 class Context:
@@ -33,18 +35,16 @@ class Context:
 def setup(device: str = "auto") -> Context:
     """Initialise the process group when launched by torchrun; pick the device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"unknown device {device!r}: choose auto, cuda or cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world_size > 1 else None
+    chosen = devices.resolve(device, local_rank)      # before the process group: every process refuses alike
+    cuda = chosen.type == "cuda"
+    if cuda and chosen.index is not None:
+        torch.cuda.set_device(chosen)
     if world_size > 1:
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if cuda else "gloo")
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        return Context(dist.get_rank(), world_size,
-                       torch.device("cuda", local_rank) if cuda else torch.device("cpu"))
-    return Context(0, 1, torch.device("cuda") if cuda else torch.device("cpu"))
+        return Context(dist.get_rank(), world_size, chosen)
+    return Context(0, 1, chosen)
 
 
 def teardown(ctx: Context) -> None:

@@ -280,7 +280,8 @@ def start_fresh(t: Training, folder: RunFolder, overwrite: bool, log) -> None:
     frozen = t.notes["frozen"]
     log(f"{c.model} ({frozen['total']:,} parameters, {frozen['trainable']:,} trainable"
         f"{', from ' + t.notes['pretrained'] if 'pretrained' in t.notes else ''}) on {d.name}: {len(d.train)} "
-        f"train / {len(d.val)} val / {len(d.test)} test images, {t.ctx.device}, {t.ctx.world_size} process(es), "
+        f"train / {len(d.val)} val / {len(d.test)} test images, {device.describe(c.device, t.ctx.device)}, "
+        f"{t.ctx.world_size} process(es), "
         f"{t.precision.describe()}, {t.compiler.describe()}\n{t.schedule.describe()}")
 
 

@@ -113,6 +113,11 @@ CASES = [
     ("unknown crop mode", ["--set", "crop_mode=mirror"], "unknown crop_mode 'mirror'", None),
     ("erase every image", ["--set", "random_erasing=1.5"], "random_erasing must be in [0, 1)", None),
     ("unknown device", ["--device", "tpu"], "unknown device 'tpu'", None),
+    ("unknown cuda index", ["--device", "cuda:x"], "unknown device 'cuda:x': choose auto, cpu, cuda or cuda:N", None),
+    ("cuda without a GPU", ["--device", "cuda"], "sees 0 CUDA devices", "no cuda"),
+    ("cuda:0 without a GPU", ["--device", "cuda:0"], "or run with --device cpu", "no cuda"),
+    ("a GPU index not there", ["--device", "cuda:1"], "sees 1 CUDA device (cuda:0); choose cuda:0 or run with --device cpu",
+     "one gpu"),
     ("unknown setting", ["--set", "colour=red"], "unknown setting(s) ['colour']", None),
     ("set without value", ["--set", "colour"], "--set expects KEY=VALUE", None),
     ("unreadable value", ["--set", "schedule={size: [20"], "cannot read", None),
@@ -173,8 +178,11 @@ CASES = [
 
 @pytest.mark.parametrize("name, extra, expected, start", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, roots, finished_run, tmp_path,
-                                                 no_system_copy, capsys):
+                                                 no_system_copy, capsys, monkeypatch):
     root, out = roots / "good", tmp_path / "out"
+    if start in ("no cuda", "one gpu"):                    # what torch sees, on any machine
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: start == "one gpu")
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: int(start == "one gpu"))
     if start in ("", "  ", "repository"):                   # the repository root, where an empty --out resolves
         out = runs.REPO_ROOT if start == "repository" else start
         repository = sorted(p.name for p in runs.REPO_ROOT.iterdir())

@@ -181,6 +181,13 @@ def test_cli_bad_input_is_one_line(tiny_root, tmp_path, capsys, args, message):
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
+def test_auto_device_says_when_it_falls_back_to_the_cpu(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    messages = []
+    train(small_config(tiny_root, max_steps=1), tmp_path / "run", progress=False, log=messages.append)
+    assert "test images, cpu (--device auto: torch sees no CUDA device), 1 process(es)" in messages[0], messages[0]
+
+
 def test_bn_momentum_is_a_model_setting_next_to_bn_eps(tiny_root, tmp_path):
     config = small_config(tiny_root, model_overrides={**TINY, "bn_momentum": 0.1}, max_steps=1)
     train(config, tmp_path / "run", progress=False, log=lambda *a: None)
