@@ -4,7 +4,7 @@ A run folder holds::
 
     config.json     settings, schedule, model signature, data source, command, environment
     metrics.csv     one row per epoch (the same rows in history.json)
-    checkpoints/    epoch_NNNN.pt, the last K kept
+    checkpoints/    epoch_NNNN.pt, the last K kept (and epoch_NNNN_step_BBBBBB.pt after a stop inside an epoch)
     model.pt        the final weights (the EMA weights when EMA is on)
     metrics.json    written last: a folder with it holds a finished run
     .lock           held (flock) by the one process writing here, removed when it is done
@@ -366,14 +366,21 @@ class RunFolder:
     # -- checkpoints
 
     def save_checkpoint(self, state: dict, keep: int) -> Path:
+        """``epoch_NNNN.pt`` after epoch NNNN, the last ``keep`` kept; ``epoch_NNNN_step_BBBBBB.pt``
+        for a run stopped after batch BBBBBB of the next epoch (``state["position"]``). That one sorts
+        between the two epochs' and removes no epoch's checkpoint; the next checkpoint replaces it."""
         folder = self.path / CHECKPOINTS
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunFolderError(f"cannot write in {folder}: {_reason(e)}") from None
-        path = folder / f"epoch_{state['epoch']:04d}.pt"
+        position = state.get("position")
+        path = folder / (f"epoch_{state['epoch']:04d}" + (f"_step_{position['batches']:06d}" if position else "") + ".pt")
         save_torch(path, state)
-        for old in self.checkpoints()[:-keep]:
+        for old in self.checkpoints():
+            if "_step_" in old.name and old.name < path.name:
+                old.unlink()
+        for old in self.checkpoints()[:-keep] if position is None else []:
             old.unlink()
         return path
 

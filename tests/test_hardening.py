@@ -24,6 +24,7 @@ import lib.runs as runs
 import lib.train as train_module
 from formats import make_fashion_mnist, write_idx, write_png
 from lib.profiles import config_for
+from lib.stopping import Stop
 from lib.train import Diverged, main, train
 
 SCHEDULE = "{num_stages: 2, size: [20, 28]}"
@@ -388,5 +389,74 @@ def test_interrupt_says_how_to_resume(roots, tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip().endswith("resume with the same command plus --resume"), err
-    assert not list(out.rglob("*.partial"))
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 130 and last.startswith("stopped by SIGINT") and "; checkpoint " in last, err
+    assert f"resume with: python -m lib.train --dataset fashion_mnist --profile smoke --out {out}" in last, err
+    assert last.endswith(" --resume") and not list(out.rglob("*.partial"))
+
+
+def child(script, args):
+    """The command line in a child process that runs ``script`` (a few lines that patch lib.train) first."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+SECOND_SIGNAL = """
+import os, signal, sys
+import torch
+import lib.train as train
+step, save = train.optimizer_step, torch.save
+
+def signalled(t, x, targets):               # the first SIGTERM, after step 11 (epoch 2, batch 3)
+    out = step(t, x, targets)
+    if t.steps == 11:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+def cut(obj, path, *args, **kwargs):        # the second, half-way through the stop's checkpoint
+    if "_step_" in str(path):
+        open(path, "wb").write(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGTERM)
+    return save(obj, path, *args, **kwargs)
+train.optimizer_step, torch.save = signalled, cut
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_second_signal_during_the_checkpoint_ends_at_once_without_a_partial_file(roots, tmp_path):
+    out = tmp_path / "run"
+    proc = child(SECOND_SIGNAL, base_args(roots / "good", out, "--epochs", "3"))
+    _, err = proc.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 143, err
+    assert last.startswith(f"stopped by a second SIGTERM, at once; checkpoint {out / 'checkpoints' / 'epoch_0001.pt'}; "
+                           f"resume with: python -m lib.train ") and last.endswith(" --resume"), err
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["checkpoints/epoch_0001.pt", "config.json", "history.json", "metrics.csv"], files
+    resumed = cli(base_args(roots / "good", out, "--epochs", "3", "--resume"))
+    log, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0 and "epoch_0001.pt at epoch 2 (stage " in log, log + err
+
+
+def test_sigterm_before_training_stops_at_once_and_leaves_an_empty_folder(roots, tmp_path):
+    out = tmp_path / "run"
+    script = ("import os, signal, sys\nimport lib.train as train\nload = train.load_data\n"
+              "def signalled(*args):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return load(*args)\n"
+              "train.load_data = signalled\nsys.exit(train.main(sys.argv[1:]))\n")
+    proc = child(script, base_args(roots / "good", out))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err == "stopped by SIGTERM; nothing to resume: run the same command again\n", err
+    assert list(out.iterdir()) == []                        # the lock file went with its holder
+
+
+def test_a_signal_inherited_as_ignored_stays_ignored():
+    """``nohup`` and a background job (``cmd &``) start with SIGINT ignored: a run keeps it so."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        stop = Stop().install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.uninstall()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == before[1]
+    finally:
+        signal.signal(signal.SIGINT, before[0])
