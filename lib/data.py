@@ -442,18 +442,26 @@ class DeviceLoader:
         self.split, self.batch_size = split, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.epoch, self.start, self._order = 0, 0, None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, *, order: torch.Tensor | None = None, start: int = 0) -> None:
+        """The epoch decides the order. A run resumed inside an epoch passes the order it saved
+        (``permutation``) and the batches it had trained on, which are skipped (``start``)."""
+        self.epoch, self._order, self.start = epoch, order, start
 
-    def _indices(self) -> torch.Tensor:
+    def permutation(self) -> torch.Tensor:
+        """This epoch's order of the whole split (every rank's share), on the CPU."""
+        if self._order is not None:
+            return self._order.cpu()
         n = len(self.split)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            idx = torch.randperm(n, generator=g)
-        else:
-            idx = torch.arange(n)
+            return torch.randperm(n, generator=g)
+        return torch.arange(n)
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.split)
+        idx = self.permutation()
         if self.world_size > 1:
             idx = idx[: n - n % self.world_size][self.rank::self.world_size]
         return idx.to(self.split.images.device)
@@ -464,6 +472,6 @@ class DeviceLoader:
 
     def __iter__(self):
         idx = self._indices()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(self.start * self.batch_size, len(self) * self.batch_size, self.batch_size):
             batch = idx[start:start + self.batch_size]
             yield self.split.images[batch], self.split.labels[batch]

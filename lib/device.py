@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 from dataclasses import dataclass
 
@@ -15,6 +16,49 @@ import torch
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("off", "auto", "inductor", "aot_eager", "eager")
+
+
+def resolve(spec: str, local_rank: int | None = None) -> torch.device:
+    """The device ``--device`` names: ``auto`` is CUDA when torch sees it, else the CPU. ``cuda`` or
+    ``cuda:N`` that torch does not see is a one-line error saying what it sees, not a CPU run that
+    looks like a GPU run. Under torchrun (``local_rank``) each process takes the GPU of its local rank."""
+    if spec not in ("auto", "cpu", "cuda") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise ValueError(f"unknown device {spec!r}: choose auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec == "cpu" or (spec == "auto" and count == 0):
+        return torch.device("cpu")
+    index = int(spec[5:]) if spec.startswith("cuda:") else None
+    if local_rank is not None:
+        if index is not None:
+            raise ValueError(f"--device {spec} under torchrun: each process takes the GPU of its local rank; "
+                             f"use --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+        index = local_rank
+    if count == 0:
+        fix = "switch on the GPU runtime (Colab: Runtime > Change runtime type; Kaggle: Accelerator)" \
+            if torch.version.cuda else "install a CUDA build of torch on a machine with a GPU"
+        raise ValueError(f"--device {spec}: {cuda_seen(count)}; {fix}, or run with --device cpu")
+    if index is not None and index >= count and local_rank is not None:
+        raise ValueError(f"torchrun process {local_rank} needs cuda:{index}: {cuda_seen(count)}; start at most "
+                         f"{count} process(es) per machine (--nproc_per_node {count})")
+    if index is not None and index >= count:
+        raise ValueError(f"--device {spec}: {cuda_seen(count)}; choose "
+                         f"{'cuda:0' if count == 1 else f'cuda:0 to cuda:{count - 1}'} or run with --device cpu")
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")
+
+
+def cuda_seen(count: int) -> str:
+    """What torch sees of CUDA, in words: its build and the device count."""
+    build = f"torch {torch.__version__} (built with CUDA {torch.version.cuda})" if torch.version.cuda else \
+        f"torch {torch.__version__} (a CPU-only build)"
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    listed = f" ({', '.join(f'cuda:{i}' for i in range(count))})" if count else ""
+    return f"{build} sees {count} CUDA device{'s' if count != 1 else ''}{listed}" + \
+        (f" with CUDA_VISIBLE_DEVICES={hidden!r}" if hidden is not None else "")
+
+
+def describe(spec: str, device: torch.device) -> str:
+    """The device for the start line; ``auto`` that fell back to the CPU says so."""
+    return f"{device} (--device auto: torch sees no CUDA device)" if spec == "auto" and device.type == "cpu" else str(device)
 
 
 def device_name(device: torch.device) -> str:

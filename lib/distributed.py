@@ -14,12 +14,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import device as devices
+
 
 @dataclass
 class Context:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    control: object = None              # the group for small host-side values (gloo; None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -33,18 +36,17 @@ class Context:
 def setup(device: str = "auto") -> Context:
     """Initialise the process group when launched by torchrun; pick the device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"unknown device {device!r}: choose auto, cuda or cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world_size > 1 else None
+    chosen = devices.resolve(device, local_rank)      # before the process group: every process refuses alike
+    cuda = chosen.type == "cuda"
+    if cuda and chosen.index is not None:
+        torch.cuda.set_device(chosen)
     if world_size > 1:
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if cuda else "gloo")
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        return Context(dist.get_rank(), world_size,
-                       torch.device("cuda", local_rank) if cuda else torch.device("cpu"))
-    return Context(0, 1, torch.device("cuda") if cuda else torch.device("cpu"))
+        control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        return Context(dist.get_rank(), world_size, chosen, control)
+    return Context(0, 1, chosen)
 
 
 def teardown(ctx: Context) -> None:
@@ -62,6 +64,25 @@ def all_reduce_sum(t: torch.Tensor, ctx: Context) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(t)
     return t
+
+
+def max_over_processes(value: int, ctx: Context) -> int:
+    """The largest of one small integer over all processes, reduced on the CPU (gloo), so a check
+    at every step waits for no GPU work."""
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ctx.control)
+    return int(t.item())
+
+
+def gather_objects(obj, ctx: Context) -> list:
+    """Every process's ``obj`` (picklable, on the CPU), in rank order, on every process."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj, group=ctx.control)
+    return out
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):

@@ -62,6 +62,13 @@ def one_of(*choices):
     return check
 
 
+def device_spec(name, value):
+    text = str(value)
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return None
+    return f"unknown {name} {value!r}: choose auto, cpu, cuda or cuda:N"
+
+
 def trainable_spec(name, value):
     key = str(value).strip().lower()
     if key in ("all", "head") or (key.startswith("last_stages:") and key.split(":", 1)[1].isdigit()):
@@ -121,7 +128,7 @@ class TrainConfig:
     download: bool = setting(True, safe=True)                  # data and pretrained weights, when missing
     keep_checkpoints: int = setting(2, positive, safe=True)
     max_steps: int | None = setting(None, positive)            # stop after this many optimizer steps (tests)
-    device: str = setting("auto", one_of("auto", "cpu", "cuda"), safe=True)
+    device: str = setting("auto", device_spec, safe=True)     # auto: CUDA when torch sees it, else the CPU
 
     def validate(self) -> "TrainConfig":
         """Every field's type (from its annotation) and range, in place; one-line ValueErrors.

@@ -4,10 +4,10 @@ A run folder holds::
 
     config.json     settings, schedule, model signature, data source, command, environment
     metrics.csv     one row per epoch (the same rows in history.json)
-    checkpoints/    epoch_NNNN.pt, the last K kept
+    checkpoints/    epoch_NNNN.pt, the last K kept (and epoch_NNNN_step_BBBBBB.pt after a stop inside an epoch)
     model.pt        the final weights (the EMA weights when EMA is on)
     metrics.json    written last: a folder with it holds a finished run
-    .lock           held (flock) by the one process writing here
+    .lock           held (flock) by the one process writing here, removed when it is done
 
 Every file is written to a temporary name unique to the process and renamed into place, so a
 reader never sees half a file and a kill never leaves one behind under the real name. A write
@@ -40,6 +40,7 @@ CHECKPOINTS = "checkpoints"
 ASIDE = ".replaced"
 LOCK = ".lock"
 RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "history.json", "model.pt", CHECKPOINTS)
+OURS = (*RUN_FILES, LOCK, ASIDE, "preflight.json", ".preflight")   # what a folder with a run of ours holds
 NOTEBOOK_ENV = "EFFNETV2_NOTEBOOK"    # set by lib.notebook.start: which notebook, with which parameters
 MAKE_ENV = "EFFNETV2_MAKE"            # set by the Makefile: which make target ran the notebooks
 
@@ -129,6 +130,19 @@ def save_torch(path: Path, obj) -> None:
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
+def _ours(name: str) -> bool:
+    """A file or folder a run of ours writes (a write cut off by SIGKILL included)."""
+    return name in OURS or (name.endswith(".partial") and any(name.startswith(f".{n}.") for n in OURS))
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 # ---------------------------------------------------------------- what produced a run
 
 def environment() -> dict:
@@ -209,6 +223,7 @@ class RunFolder:
     """One run's folder: checks before work, a lock while writing, checkpoints, outputs."""
 
     def __init__(self, path: str | os.PathLike):
+        self.given = str(path)
         self.path = resolve(path)
 
     def __repr__(self) -> str:
@@ -257,31 +272,58 @@ class RunFolder:
             raise RunFolderError(f"--resume: no checkpoint in {self.path / CHECKPOINTS}")
 
     def check_path(self) -> None:
-        """The folder, or where it would be made, is not a file."""
+        """The folder, or where it would be made, is not a file, and is not someone else's folder.
+
+        An empty ``--out`` (``--out $OUT`` with the variable unset) would resolve to the repository
+        root, and a run's files would land among the project's; a folder that holds files but no
+        run of ours (the repository, a home folder) is refused whatever the flags, since
+        ``--overwrite`` would set its files aside and delete them.
+        """
+        if not self.given.strip():
+            raise RunFolderError(f"--out is empty ({repr(self.given) if not self.given else 'only spaces'}): name the run's folder, e.g. --out runs/my-run "
+                                 f"(--out $OUT with OUT unset gives an empty one)")
         for parent in (self.path, *self.path.parents):
             if parent.exists() and not parent.is_dir():
                 raise RunFolderError(f"--out {self.path}: {parent} is a file, not a folder")
+        try:
+            names = [p.name for p in self.path.iterdir()] if self.path.is_dir() else []
+        except OSError as e:
+            raise RunFolderError(f"cannot read {self.path}: {_reason(e)}") from None
+        if names and not any(_ours(name) for name in names):
+            shown = sorted(names, key=lambda n: (n.startswith("."), n.lower()))
+            listed = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+            raise RunFolderError(f"--out {self.path} is not empty and holds no training run ({listed}); "
+                                 f"choose a new or empty folder, e.g. --out runs/my-run")
 
     @contextlib.contextmanager
     def lock(self):
         """Hold the folder's lock while this process writes into it; a second writer is refused
-        at once with the holder's pid. The operating system releases the lock if the holder dies."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RunFolderError(f"cannot write in {self.path}: {_reason(e)}") from None
-        try:
+        at once with the holder's pid. The holder removes the file when it is done; the operating
+        system releases the lock if the holder dies (the file then stays, and the next run takes it)."""
+        path = self.path / LOCK
+        while True:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise RunFolderError(f"cannot write in {self.path}: {_reason(e)}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
                 raise RunFolderError(f"{self.path} is in use by another training process (pid {holder}); "
                                      f"wait for it to finish or choose another --out") from None
+            if _same_file(fd, path):
+                break
+            os.close(fd)        # the holder removed the file between our open and our lock: take the new one
+        try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield self
         finally:
+            with contextlib.suppress(OSError):
+                path.unlink()           # while still locked: a process that opened it meanwhile sees it gone
             os.close(fd)
 
     # -- replacing a run without losing it
@@ -325,14 +367,21 @@ class RunFolder:
     # -- checkpoints
 
     def save_checkpoint(self, state: dict, keep: int) -> Path:
+        """``epoch_NNNN.pt`` after epoch NNNN, the last ``keep`` kept; ``epoch_NNNN_step_BBBBBB.pt``
+        for a run stopped after batch BBBBBB of the next epoch (``state["position"]``). That one sorts
+        between the two epochs' and removes no epoch's checkpoint; the next checkpoint replaces it."""
         folder = self.path / CHECKPOINTS
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunFolderError(f"cannot write in {folder}: {_reason(e)}") from None
-        path = folder / f"epoch_{state['epoch']:04d}.pt"
+        position = state.get("position")
+        path = folder / (f"epoch_{state['epoch']:04d}" + (f"_step_{position['batches']:06d}" if position else "") + ".pt")
         save_torch(path, state)
-        for old in self.checkpoints()[:-keep]:
+        for old in self.checkpoints():
+            if "_step_" in old.name and old.name < path.name:
+                old.unlink()
+        for old in self.checkpoints()[:-keep] if position is None else []:
             old.unlink()
         return path
 

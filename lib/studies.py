@@ -88,7 +88,7 @@ def finished_elsewhere(config: TrainConfig, root: Path) -> dict | None:
 
 def default_processes(device: str, jobs: int) -> int:
     """One run per core on a CPU (at most 4, each needs its own memory); one at a time on a GPU."""
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return 1
     return max(1, min(jobs, os.cpu_count() or 1, 4))
 

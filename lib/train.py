@@ -7,8 +7,9 @@ Read ``train`` top to bottom: check the folder, load the data, build the model a
 that updates it, restore or start, then per epoch apply the stage (paper Algorithm 1), train,
 evaluate and record; finish with one hold-out test evaluation. Fine-tuning is configuration
 (``pretrained``, ``trainable``, ``preprocessing``), not a second loop. Every epoch writes
-``metrics.csv``/``history.json`` and an atomic checkpoint; ``--resume`` continues mid-schedule,
-bit-for-bit on deterministic settings (``epoch_generator``). A NaN/inf loss stops the run and
+``metrics.csv``/``history.json`` and an atomic checkpoint; SIGTERM or SIGINT stops at the next step
+with a checkpoint of the position inside the epoch (``stop_inside_epoch``); ``--resume`` continues
+from either, bit-for-bit on deterministic settings (``epoch_generator``). A NaN/inf loss stops the run and
 keeps the last good checkpoint. ``metrics.json`` (``test_accuracy`` in 0-1, ``wall_seconds``) is
 written last, next to ``config.json``; the folder's rules are ``lib/runs.py``'s.
 """
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,6 +40,7 @@ from .optim import LearningRate, ema_of, make_optimizer, set_weight_decay
 from .profiles import TrainConfig, config_for, safe_settings
 from .progressive import Schedule, Stage, schedule_from_spec
 from .runs import RunFolder, RunFolderError, TrainingError, command, display_path, environment, resolve, settings_key
+from .stopping import Stop, Stopped, signal_name
 from .transfer import WeightsUnavailable, freeze_backbone, is_weights_name, load_pretrained, pretrained_transforms
 
 
@@ -166,6 +169,7 @@ class Training:
     steps: int = 0                      # optimizer steps taken
     aside: bool = False                 # an old run waits in .replaced/ for our first checkpoint
     resumed_at: int | None = None       # the epoch (1-based) this process resumed at, if it did
+    position: dict | None = None        # where a stopped run stood inside its epoch, until that epoch resumes
     started: float = field(default_factory=time.perf_counter)
     flops_per_image: dict = field(default_factory=dict)   # image size -> forward FLOPs of one image
 
@@ -193,8 +197,10 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     folder = RunFolder(out)
     ctx = distributed.setup(config.device)
     log = log if ctx.is_main else (lambda *a, **k: None)
+    stop = Stop()                       # SIGTERM, SIGINT: at once here, at the next step boundary in the loop
     t = None
     try:
+        stop.install()
         if ctx.is_main:
             folder.check(resume=resume, overwrite=overwrite)          # refusals come before any work
         check_model_settings(config, schedule)
@@ -210,6 +216,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
             elif ctx.is_main:
                 start_fresh(t, folder, overwrite, log)
             current = None
+            stop.deferring = True
             for epoch in range(t.epoch, config.epochs):
                 stage = schedule.stage_at(epoch)
                 apply_stage(stage, t.model, t.optimizer, t.augmenter)
@@ -217,17 +224,26 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                     log(f"-- {stage.describe()}" + (f" (compilations so far: {t.compiler.compilations})"
                                                      if t.compiler.backend else ""))
                     current = stage
-                switch = change_size(t, epoch, log)
-                row = train_one_epoch(t, stage, epoch, folder, progress)
+                # a run resumed inside an epoch made its size change before it stopped (that row's
+                # readings are lost with the stop; the remedies themselves are in the checkpoint)
+                switch = change_size(t, epoch, log) if t.position is None else {}
+                row = train_one_epoch(t, stage, epoch, folder, progress, stop)
                 end_epoch(t, folder, stage, epoch, {**row, **switch}, log)
+                if signum := stop.requested(ctx):
+                    raise Stopped(signum, f"stopped by {signal_name(signum)} at the end of epoch {epoch + 1}")
                 if config.max_steps is not None and t.steps >= config.max_steps:
                     break
+            stop.deferring = False      # the test evaluation is short: a signal stops it at once, the last checkpoint kept
             return finish(t, folder, log)
-    except BaseException:
-        if t is not None and t.aside and folder.recover():
+    except BaseException as e:
+        recovered = t is not None and t.aside and folder.recover()
+        if recovered:
             log(f"the new run stopped before its first checkpoint: the previous run in {folder.path} is back")
+        if isinstance(e, Stopped) and e.checkpoint is None and not recovered:
+            e.checkpoint = (folder.checkpoints() or [None])[-1]          # what --resume continues from
         raise
     finally:
+        stop.uninstall()
         distributed.teardown(ctx)
 
 
@@ -319,7 +335,8 @@ def start_fresh(t: Training, folder: RunFolder, overwrite: bool, log) -> None:
     frozen = t.notes["frozen"]
     log(f"{c.model} ({frozen['total']:,} parameters, {frozen['trainable']:,} trainable"
         f"{', from ' + t.notes['pretrained'] if 'pretrained' in t.notes else ''}) on {d.name}: {len(d.train)} "
-        f"train / {len(d.val)} val / {len(d.test)} test images, {t.ctx.device}, {t.ctx.world_size} process(es), "
+        f"train / {len(d.val)} val / {len(d.test)} test images, {device.describe(c.device, t.ctx.device)}, "
+        f"{t.ctx.world_size} process(es), "
         f"{t.precision.describe()}, {t.compiler.describe()}\n{t.schedule.describe()}")
 
 
@@ -345,10 +362,19 @@ def restore(t: Training, folder: RunFolder, log) -> None:
         t.ema.load_state_dict(state["ema"])
     t.precision.scaler.load_state_dict(state.get("scaler") or {})
     t.history, t.epoch, t.steps = state["history"], state["epoch"], state["steps"]
-    if t.history:       # the clock goes on from the checkpoint's: wall_seconds counts every epoch kept, not the pause
+    position = state.get("position")        # a run stopped inside an epoch (stop_inside_epoch)
+    if position is not None:
+        if position["world_size"] != t.ctx.world_size or len(position["order"]) != len(t.data.train):
+            raise TrainingError(f"{path} was stopped inside epoch {t.epoch + 1} with {position['world_size']} "
+                                f"process(es) and {len(position['order'])} training images; resume it with the same, "
+                                f"or delete it to resume from the checkpoint before it")
+        t.position = position
+        t.started -= position["elapsed_seconds"]
+    elif t.history:     # the clock goes on from the checkpoint's: wall_seconds counts every epoch kept, not the pause
         t.started -= t.history[-1].get("elapsed_seconds", 0.0)
     t.resumed_at = t.epoch + 1
-    log(f"resumed from {path} at epoch {t.epoch + 1} "
+    inside = f", batch {position['batches'] + 1} of {len(t.train_loader)}" if position is not None else ""
+    log(f"resumed from {path} at epoch {t.epoch + 1}{inside} "
         f"(stage {t.schedule.stage_at(min(t.epoch, t.config.epochs - 1)).index})")
 
 
@@ -402,8 +428,13 @@ def change_size(t: Training, epoch: int, log) -> dict:
     return reading
 
 
-def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, progress: bool) -> dict:
-    """One pass over the training split at this stage's settings: loss, accuracy and speed."""
+def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, progress: bool,
+                    stop: Stop | None = None) -> dict:
+    """One pass over the training split at this stage's settings: loss, accuracy and speed.
+
+    A run resumed inside this epoch (``t.position``) continues after the batches it had trained
+    on; a ``stop`` request is honoured after the step in flight (``stop_inside_epoch``).
+    """
     c = t.config
     gen = epoch_generator(c.seed, epoch, t.ctx.rank, t.ctx.device)
     t.train_loader.set_epoch(epoch)
@@ -411,9 +442,23 @@ def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, pr
     loss_sum = torch.zeros((), device=t.ctx.device, dtype=torch.float64)
     correct = torch.zeros((), device=t.ctx.device, dtype=torch.long)
     seen, started = 0, time.perf_counter()
-    bar = tqdm(t.train_loader, desc=f"epoch {epoch + 1}/{c.epochs} @{stage.image_size}px",
+    done, position, t.position = 0, t.position, None
+    if position is not None:            # the stopped run's state at its last step boundary, this process's share
+        mine, done = position["ranks"][t.ctx.rank], position["batches"]
+        t.train_loader.set_epoch(epoch, order=position["order"], start=done)
+        gen.set_state(mine["generator"].cpu())
+        torch.set_rng_state(mine["torch_rng"].cpu())             # dropout, stochastic depth
+        if mine["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(mine["cuda_rng"].cpu(), t.ctx.device)
+        # The epoch's row is the whole epoch's, both parts: its loss and accuracy average every batch,
+        # and its images and seconds (the pause left out) give the images/s of an uninterrupted epoch,
+        # so that sums over rows (train_seconds, train_flops) count each image once.
+        loss_sum += mine["loss_sum"].to(loss_sum.device)
+        correct += mine["correct"].to(correct.device)
+        seen, started = mine["seen"], started - position["seconds"]
+    bar = tqdm(t.train_loader, desc=f"epoch {epoch + 1}/{c.epochs} @{stage.image_size}px", initial=done,
                disable=not (progress and t.ctx.is_main) or progress_disabled(), leave=False, dynamic_ncols=True)
-    for i, (images, labels) in enumerate(bar):
+    for i, (images, labels) in enumerate(bar, start=done):
         x, targets = t.augmenter(images, labels, gen)
         loss, logits = optimizer_step(t, x, targets)
         loss_sum += loss.detach().double() * len(labels)
@@ -429,12 +474,41 @@ def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, pr
             bar.set_postfix(loss=f"{running:.3f}")
         if c.max_steps is not None and t.steps >= c.max_steps:
             break
+        if stop is not None and (signum := stop.requested(t.ctx)):
+            raise stop_inside_epoch(t, folder, epoch, i + 1, gen, (loss_sum, correct, seen), started, signum)
     device.synchronize(t.ctx.device)
     seconds = time.perf_counter() - started
     stats = distributed.all_reduce_sum(
         torch.stack([loss_sum, correct.double(), torch.tensor(seen, device=t.ctx.device, dtype=torch.float64)]), t.ctx)
     return {"train_loss": (stats[0] / stats[2]).item(), "train_accuracy": (stats[1] / stats[2]).item(),
             "started": started, "images": int(stats[2].item()), "train_images_per_second": stats[2].item() / seconds}
+
+
+def stop_inside_epoch(t: Training, folder: RunFolder, epoch: int, batches: int, gen: torch.Generator,
+                      sums: tuple, started: float, signum: int) -> Stopped:
+    """Checkpoint the position inside the epoch, so that ``--resume`` goes on with the next batch as
+    an uninterrupted run would: the data order, every process's generators and running sums
+    (gathered to rank 0, which writes), the step counter and the clocks. Returns the ``Stopped``."""
+    device.synchronize(t.ctx.device)
+    seconds = time.perf_counter() - started
+    loss_sum, correct, seen = sums
+    ranks = distributed.gather_objects({
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(t.ctx.device) if t.ctx.device.type == "cuda" else None,
+        "loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen}, t.ctx)
+    path = None
+    if t.ctx.is_main:
+        state = checkpoint_state(t)
+        state["position"] = {"epoch": epoch, "batches": batches, "world_size": t.ctx.world_size,
+                             "order": t.train_loader.permutation(), "ranks": ranks, "seconds": seconds,
+                             "elapsed_seconds": time.perf_counter() - t.started}
+        path = folder.save_checkpoint(state, t.config.keep_checkpoints)
+        if t.aside:
+            folder.drop_aside()
+            t.aside = False
+    distributed.barrier(t.ctx)          # no process exits (torchrun then ends the others) before the file is whole
+    return Stopped(signum, f"stopped by {signal_name(signum)} after step {t.steps} (epoch {epoch + 1}, batch "
+                           f"{batches} of {len(t.train_loader)})", path)
 
 
 def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -606,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
                         "write OUT/preflight.json, and stop")
     args = p.parse_args(argv)
     try:
+        RunFolder(args.out).check_path()          # an empty --out, someone else's folder: before anything loads
         whole = {k: parse_value(v) if isinstance(v, str) else v
                  for k, v in {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
                               "lr": args.lr, "optimizer": args.optimizer, "scheduler": args.scheduler,
@@ -632,10 +707,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TrainingError, DatasetError, RunFolderError, WeightsUnavailable) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{e}; {resume_hint(e, sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: resume with the same command plus --resume", file=sys.stderr)
         return 130
     return 0
+
+
+def resume_hint(stopped: Stopped, argv: list[str]) -> str:
+    """The command that continues a stopped run: these arguments with --resume, without --overwrite."""
+    if stopped.checkpoint is None:
+        return "nothing to resume: run the same command again"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "resume with the same torchrun command plus --resume"
+    args = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return f"resume with: {shlex.join(['python', '-m', 'lib.train', *args, '--resume'])}"
 
 
 if __name__ == "__main__":

@@ -153,6 +153,19 @@ def test_device_loader_epochs_and_shards():
         DeviceLoader(split, 0)
 
 
+def test_device_loader_resumes_inside_an_epoch_in_the_saved_order():
+    split = Split(torch.arange(103).view(-1, 1, 1, 1), torch.arange(103))
+    loader = DeviceLoader(split, 10, seed=1, rank=1, world_size=2)
+    loader.set_epoch(3)
+    whole, order = [y for _, y in loader], loader.permutation()
+    assert len(order) == 103 and sorted(order.tolist()) == list(range(103))
+    resumed = DeviceLoader(split, 10, seed=7, rank=1, world_size=2)       # another seed: the saved order decides
+    resumed.set_epoch(3, order=order, start=2)
+    assert [y.tolist() for _, y in resumed] == [y.tolist() for y in whole[2:]] and len(resumed) == len(whole) == 6
+    resumed.set_epoch(4)                                                 # the next epoch starts at its beginning
+    assert len(list(resumed)) == 6
+
+
 def test_real_fashion_mnist(fashion_mnist_root, monkeypatch):
     monkeypatch.undo()
     ds = load_dataset("fashion_mnist", fashion_mnist_root, download=False, val_fraction=0)

@@ -24,6 +24,7 @@ import lib.runs as runs
 import lib.train as train_module
 from formats import make_fashion_mnist, write_idx, write_png
 from lib.profiles import config_for
+from lib.stopping import Stop
 from lib.train import Diverged, main, train
 
 SCHEDULE = "{num_stages: 2, size: [20, 28]}"
@@ -113,6 +114,11 @@ CASES = [
     ("unknown crop mode", ["--set", "crop_mode=mirror"], "unknown crop_mode 'mirror'", None),
     ("erase every image", ["--set", "random_erasing=1.5"], "random_erasing must be in [0, 1)", None),
     ("unknown device", ["--device", "tpu"], "unknown device 'tpu'", None),
+    ("unknown cuda index", ["--device", "cuda:x"], "unknown device 'cuda:x': choose auto, cpu, cuda or cuda:N", None),
+    ("cuda without a GPU", ["--device", "cuda"], "sees 0 CUDA devices", "no cuda"),
+    ("cuda:0 without a GPU", ["--device", "cuda:0"], "or run with --device cpu", "no cuda"),
+    ("a GPU index not there", ["--device", "cuda:1"], "sees 1 CUDA device (cuda:0); choose cuda:0 or run with --device cpu",
+     "one gpu"),
     ("unknown setting", ["--set", "colour=red"], "unknown setting(s) ['colour']", None),
     ("set without value", ["--set", "colour"], "--set expects KEY=VALUE", None),
     ("unreadable value", ["--set", "schedule={size: [20"], "cannot read", None),
@@ -139,6 +145,16 @@ CASES = [
     ("unknown dataset", ["--dataset", "imagenet"], "unknown dataset 'imagenet'", None),
     ("dataset not here, no download", ["--dataset", "cifar10", "--set", "download=false"], "cifar10 not found", None),
     ("out is a file", [], "is a file, not a folder", "file"),
+    ("out empty", [], "--out is empty ('')", ""),
+    ("out only spaces", [], "--out is empty (only spaces)", "  "),
+    ("out empty, overwrite", ["--overwrite"], "--out is empty", ""),
+    ("out someone else's folder", [], "is not empty and holds no training run (a.txt, notes.md, photo.jpg and 1 more)",
+     "foreign"),
+    ("out someone else's folder, overwrite", ["--overwrite"], "holds no training run", "foreign"),
+    ("out someone else's folder, resume", ["--resume"], "holds no training run", "foreign"),
+    ("preflight into someone else's folder", ["--preflight"], "holds no training run", "foreign"),
+    ("out the repository root", ["--overwrite"], f"--out {runs.REPO_ROOT} is not empty and holds no training run",
+     "repository"),
     ("out under a file", [], "is a file, not a folder", "under a file"),
     ("resume with nothing to resume", ["--resume"], "no checkpoint in", None),
     ("finished run kept", [], "holds a finished run", "finished"),
@@ -163,8 +179,18 @@ CASES = [
 
 @pytest.mark.parametrize("name, extra, expected, start", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, roots, finished_run, tmp_path,
-                                                 no_system_copy, capsys):
+                                                 no_system_copy, capsys, monkeypatch):
     root, out = roots / "good", tmp_path / "out"
+    if start in ("no cuda", "one gpu"):                    # what torch sees, on any machine
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: start == "one gpu")
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: int(start == "one gpu"))
+    if start in ("", "  ", "repository"):                   # the repository root, where an empty --out resolves
+        out = runs.REPO_ROOT if start == "repository" else start
+        repository = sorted(p.name for p in runs.REPO_ROOT.iterdir())
+    elif start == "foreign":                                # a folder of files that are not a run
+        for name in ("notes.md", "a.txt", "photo.jpg", ".hidden"):
+            (out / name).parent.mkdir(exist_ok=True)
+            (out / name).write_text(name)
     if start in ("finished", "unfinished"):
         shutil.copytree(finished_run, out)
         if start == "unfinished":
@@ -178,13 +204,16 @@ def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, r
         root = roots / start
     elif start in ("lacking", "single", "empty"):
         extra = [*extra, "--dataset", str(roots / start)]
-    before = snapshot(out if out.exists() else tmp_path / "none", roots)
+    watched = out if start not in ("", "  ", "repository") and out.exists() else tmp_path / "none"
+    before = snapshot(watched, roots)
     code = main(base_args(root, out, *extra))
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert expected in err, err
-    assert snapshot(out if out.exists() else tmp_path / "none", roots) == before      # nothing removed or changed
+    assert snapshot(watched, roots) == before      # nothing removed or changed
+    if start in ("", "  ", "repository"):
+        assert sorted(p.name for p in runs.REPO_ROOT.iterdir()) == repository   # no run file among the project's
     if start is None:
         assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
 
@@ -218,6 +247,29 @@ def test_unwritable_out_is_one_line(roots, capsys, no_system_copy):
     assert main(base_args(roots / "good", target)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write in {target}") and err.count("\n") == 1, err
+
+
+def test_the_lock_file_goes_with_its_holder_and_a_removed_one_is_never_held(tmp_path, monkeypatch):
+    folder = runs.RunFolder(tmp_path / "run")
+    with folder.lock():
+        assert (folder.path / runs.LOCK).read_text() == str(os.getpid())
+        with pytest.raises(runs.RunFolderError, match=f"in use by another training process \\(pid {os.getpid()}\\)"):
+            with runs.RunFolder(folder.path).lock():
+                pass
+        assert (folder.path / runs.LOCK).exists()                      # a refused writer leaves the holder's file
+    assert not (folder.path / runs.LOCK).exists()
+    real, calls = runs.fcntl.flock, []
+
+    def holder_leaves(fd, op):         # the holder finishes between our open and our flock: removes its file
+        calls.append(fd)
+        if len(calls) == 1:
+            (folder.path / runs.LOCK).unlink()
+            (folder.path / runs.LOCK).write_text("")                   # and the next run creates a new one
+        return real(fd, op)
+    monkeypatch.setattr(runs.fcntl, "flock", holder_leaves)
+    with folder.lock():
+        assert len(calls) == 2 and (folder.path / runs.LOCK).read_text() == str(os.getpid())
+    assert not (folder.path / runs.LOCK).exists()
 
 
 # ---------------------------------------------------------------- faults
@@ -337,5 +389,74 @@ def test_interrupt_says_how_to_resume(roots, tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip().endswith("resume with the same command plus --resume"), err
-    assert not list(out.rglob("*.partial"))
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 130 and last.startswith("stopped by SIGINT") and "; checkpoint " in last, err
+    assert f"resume with: python -m lib.train --dataset fashion_mnist --profile smoke --out {out}" in last, err
+    assert last.endswith(" --resume") and not list(out.rglob("*.partial"))
+
+
+def child(script, args):
+    """The command line in a child process that runs ``script`` (a few lines that patch lib.train) first."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+SECOND_SIGNAL = """
+import os, signal, sys
+import torch
+import lib.train as train
+step, save = train.optimizer_step, torch.save
+
+def signalled(t, x, targets):               # the first SIGTERM, after step 11 (epoch 2, batch 3)
+    out = step(t, x, targets)
+    if t.steps == 11:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+def cut(obj, path, *args, **kwargs):        # the second, half-way through the stop's checkpoint
+    if "_step_" in str(path):
+        open(path, "wb").write(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGTERM)
+    return save(obj, path, *args, **kwargs)
+train.optimizer_step, torch.save = signalled, cut
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_second_signal_during_the_checkpoint_ends_at_once_without_a_partial_file(roots, tmp_path):
+    out = tmp_path / "run"
+    proc = child(SECOND_SIGNAL, base_args(roots / "good", out, "--epochs", "3"))
+    _, err = proc.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 143, err
+    assert last.startswith(f"stopped by a second SIGTERM, at once; checkpoint {out / 'checkpoints' / 'epoch_0001.pt'}; "
+                           f"resume with: python -m lib.train ") and last.endswith(" --resume"), err
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["checkpoints/epoch_0001.pt", "config.json", "history.json", "metrics.csv"], files
+    resumed = cli(base_args(roots / "good", out, "--epochs", "3", "--resume"))
+    log, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0 and "epoch_0001.pt at epoch 2 (stage " in log, log + err
+
+
+def test_sigterm_before_training_stops_at_once_and_leaves_an_empty_folder(roots, tmp_path):
+    out = tmp_path / "run"
+    script = ("import os, signal, sys\nimport lib.train as train\nload = train.load_data\n"
+              "def signalled(*args):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return load(*args)\n"
+              "train.load_data = signalled\nsys.exit(train.main(sys.argv[1:]))\n")
+    proc = child(script, base_args(roots / "good", out))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err == "stopped by SIGTERM; nothing to resume: run the same command again\n", err
+    assert list(out.iterdir()) == []                        # the lock file went with its holder
+
+
+def test_a_signal_inherited_as_ignored_stays_ignored():
+    """``nohup`` and a background job (``cmd &``) start with SIGINT ignored: a run keeps it so."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        stop = Stop().install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.uninstall()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == before[1]
+    finally:
+        signal.signal(signal.SIGINT, before[0])

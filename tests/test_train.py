@@ -44,10 +44,18 @@ def weights(path):
     return torch.load(path, map_location="cpu")
 
 
-def test_kill_at_a_random_step_then_resume_equals_uninterrupted_run(tiny_root, tmp_path):
-    reference = run_cli(cli_args(tiny_root, tmp_path / "ref", 4))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(data root, run folder) of one uninterrupted 4-epoch run: what every stopped and resumed run must equal."""
+    base = tmp_path_factory.mktemp("uninterrupted")
+    make_fashion_mnist(base / "data", n_train=300, n_test=50)
+    reference = run_cli(cli_args(base / "data", base / "ref", 4))
     assert reference.wait(120) == 0, reference.stdout.read()
+    return base / "data", base / "ref"
 
+
+def test_kill_at_a_random_step_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
+    tiny_root, ref_dir = uninterrupted
     victim = run_cli(cli_args(tiny_root, tmp_path / "killed", 4))
     first = tmp_path / "killed" / "checkpoints" / "epoch_0001.pt"
     while not first.exists() and victim.poll() is None:
@@ -61,7 +69,7 @@ def test_kill_at_a_random_step_then_resume_equals_uninterrupted_run(tiny_root, t
     log = resumed.communicate(timeout=120)[0]
     assert resumed.returncode == 0, log
     assert "resumed from" in log
-    ref, got = weights(tmp_path / "ref" / "model.pt"), weights(tmp_path / "killed" / "model.pt")
+    ref, got = weights(ref_dir / "model.pt"), weights(tmp_path / "killed" / "model.pt")
     assert ref.keys() == got.keys()
     assert all(torch.equal(ref[k], got[k]) for k in ref), "resumed weights differ from the uninterrupted run"
     history = json.loads((tmp_path / "killed" / "history.json").read_text())
@@ -70,7 +78,68 @@ def test_kill_at_a_random_step_then_resume_equals_uninterrupted_run(tiny_root, t
     assert elapsed == sorted(elapsed), f"the clock restarted on resume: {elapsed}"      # it goes on from the checkpoint's
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert metrics["resumed_at_epoch"] in (2, 3, 4) and metrics["wall_seconds"] > elapsed[-1]
-    assert json.loads((tmp_path / "ref" / "metrics.json").read_text())["resumed_at_epoch"] is None
+    assert json.loads((ref_dir / "metrics.json").read_text())["resumed_at_epoch"] is None
+
+
+# The command line in a child whose optimizer step `at` waits, once done, until the stop request has
+# arrived: the signal is real and lands at a known step, whatever the machine's speed.
+PAUSE_AT_STEP = """
+import signal, sys, time
+from pathlib import Path
+import lib.train as train
+marker, at = Path(sys.argv[1]), int(sys.argv[2])
+step = train.optimizer_step
+
+def paused(t, x, targets):
+    out = step(t, x, targets)
+    if t.steps == at:
+        marker.write_text(str(t.steps))
+        stop = signal.getsignal(signal.SIGTERM).__self__        # the run's lib.stopping.Stop
+        while stop.signum is None:
+            time.sleep(0.01)
+    return out
+train.optimizer_step = paused
+sys.exit(train.main(sys.argv[3:]))
+"""
+
+TIMES = {"epoch_seconds", "train_images_per_second", "elapsed_seconds"}
+
+
+def test_sigterm_inside_an_epoch_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
+    tiny_root, ref_dir = uninterrupted
+    out, marker = tmp_path / "stopped", tmp_path / "step"
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    victim = subprocess.Popen([sys.executable, "-c", PAUSE_AT_STEP, str(marker), "19", *cli_args(tiny_root, out, 4)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not marker.exists() and victim.poll() is None:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)                  # after step 19: epoch 3 (8 steps per epoch), batch 3
+    log, err = victim.communicate(timeout=60)
+    assert victim.returncode == 143, log + err
+    checkpoint = out / "checkpoints" / "epoch_0002_step_000003.pt"
+    assert err.startswith(f"stopped by SIGTERM after step 19 (epoch 3, batch 3 of 8); checkpoint {checkpoint}; "
+                          f"resume with: python -m lib.train ") and err.endswith(" --resume\n") and err.count("\n") == 1, err
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["epoch_0002.pt", checkpoint.name]   # the epoch's stays
+    state = torch.load(checkpoint, weights_only=False)
+    assert (state["steps"], state["epoch"], state["position"]["batches"]) == (19, 2, 3)
+
+    resumed = run_cli(cli_args(tiny_root, out, 4, "--resume"))
+    log = resumed.communicate(timeout=120)[0]
+    assert resumed.returncode == 0, log
+    assert f"resumed from {checkpoint} at epoch 3, batch 4 of 8 (stage 1)" in log, log
+    for name in ("model.pt", "checkpoints/epoch_0004.pt"):            # the EMA weights, then the raw ones
+        ref, got = weights(ref_dir / name), weights(out / name)
+        ref, got = (ref["model"], got["model"]) if "model" in ref else (ref, got)
+        assert ref.keys() == got.keys()
+        diff = max((ref[k].double() - got[k].double()).abs().max().item() for k in ref)
+        print(f"SIGTERM after step {state['steps']}, resumed: {name} max abs difference {diff} from the uninterrupted run")
+        assert diff == 0 and all(torch.equal(ref[k], got[k]) for k in ref), f"{name} differs by up to {diff}"
+    rows = [json.loads((d / "history.json").read_text()) for d in (ref_dir, out)]
+    assert [{k: v for k, v in row.items() if k not in TIMES} for row in rows[1]] == \
+           [{k: v for k, v in row.items() if k not in TIMES} for row in rows[0]]    # epoch 3's row: the whole epoch
+    elapsed = [h["elapsed_seconds"] for h in rows[1]]
+    assert elapsed == sorted(elapsed) and all(h["train_images_per_second"] > 0 for h in rows[1])
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["epoch_0004.pt"]   # keep_checkpoints=1 in smoke
 
 
 def test_torchrun_two_processes_with_syncbn_equals_one_process(tiny_root, tmp_path):
@@ -94,6 +163,28 @@ def test_torchrun_two_processes_with_syncbn_equals_one_process(tiny_root, tmp_pa
         assert torch.allclose(a[k].float(), b[k].float(), atol=2e-6, rtol=1e-4), k
 
 
+def test_torchrun_a_signal_to_one_process_stops_both_after_the_same_step(tiny_root, tmp_path):
+    """Only rank 1 is sent SIGTERM (after step 11); rank 0 learns of it at the step boundary, and the
+    checkpoint it writes holds both processes' positions at that one step."""
+    child = ("import os, signal, sys\nimport lib.train as train\nstep = train.optimizer_step\n"
+             "def signalled(t, x, targets):\n    out = step(t, x, targets)\n"
+             "    if t.steps == 11 and os.environ['RANK'] == '1':\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    return out\ntrain.optimizer_step = signalled\nsys.exit(train.main(sys.argv[1:]))\n")
+    (tmp_path / "child.py").write_text(child)
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "child.py"), *cli_args(tiny_root, tmp_path / "ddp", 2)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.stderr.count("exitcode  : 143") == 2, ddp.stdout + ddp.stderr          # both processes stopped
+    assert "stopped by SIGTERM after step 11 (epoch 2, batch 3 of 8)" in ddp.stderr, ddp.stderr
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["epoch_0001.pt",
+                                                                                    "epoch_0001_step_000003.pt"]
+    state = torch.load(tmp_path / "ddp" / "checkpoints" / "epoch_0001_step_000003.pt", weights_only=False)
+    ranks = state["position"]["ranks"]
+    assert state["steps"] == 11 and state["position"]["world_size"] == 2 and [r["seen"] for r in ranks] == [48, 48]
+    assert not torch.equal(ranks[0]["generator"], ranks[1]["generator"])             # each process's own draws
+
+
 def small_config(root, **overrides):
     settings = dict(data_root=str(root), limit=None, epochs=2, batch_size=32)
     settings.update(overrides)
@@ -111,6 +202,7 @@ def test_outputs_and_no_clobbering(tiny_root, tmp_path):
                    "dropout", "drop_path", "weight_decay", "epoch_seconds", "train_images_per_second"):
         assert column in header, column
     assert len(list((out / "checkpoints").glob("*.pt"))) == 1          # keep_checkpoints=1 in smoke
+    assert not (out / ".lock").exists()                                 # a finished run takes its lock file away
     with pytest.raises(TrainingError, match="finished run"):
         train(small_config(tiny_root), out, progress=False, log=lambda *a: None)
     train(small_config(tiny_root), out, overwrite=True, progress=False, log=lambda *a: None)
@@ -178,6 +270,13 @@ def test_cli_bad_input_is_one_line(tiny_root, tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_auto_device_says_when_it_falls_back_to_the_cpu(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    messages = []
+    train(small_config(tiny_root, max_steps=1), tmp_path / "run", progress=False, log=messages.append)
+    assert "test images, cpu (--device auto: torch sees no CUDA device), 1 process(es)" in messages[0], messages[0]
 
 
 def test_bn_momentum_is_a_model_setting_next_to_bn_eps(tiny_root, tmp_path):
