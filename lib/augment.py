@@ -699,3 +699,17 @@ class BatchAugmenter:
         return (f"BatchAugmenter(image_size={self.image_size}, {self.randaugment}, "
                 f"mixup_alpha={self.mixup_alpha}, padding={self.padding}, flip={self.flip}, erasing={self.erasing}, "
                 f"min_area={self.min_area}, resize_mode={self.resize_mode!r})")
+
+
+def stage_views(augmenter: BatchAugmenter, images: Tensor, labels: Tensor, stages, seed: int = 0) -> list[Tensor]:
+    """``images`` as ``augmenter`` gives them to the network at each of ``stages`` (its image size,
+    RandAugment magnitude and mixup), back in 0-1 pixel units for display. Every stage draws from the
+    same seed, so what differs between them is the stage's values, not the luck of the draw."""
+    views = []
+    for stage in stages:
+        augmenter.image_size, augmenter.magnitude = stage.image_size, stage.randaug_magnitude
+        augmenter.mixup_alpha = stage.mixup_alpha
+        x, _ = augmenter(images, labels, torch.Generator(device=images.device).manual_seed(seed))
+        mean, std = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (augmenter.mean, augmenter.std))
+        views.append((x * std + mean).clamp(0, 1).cpu())
+    return views

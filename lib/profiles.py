@@ -211,6 +211,15 @@ _QUICK_V2 = {"width_mult": 0.35, "depth_mult": 0.2, "small_input": True, "bn_mom
 _QUICK_RECIPE = {"model": "efficientnetv2_s", "model_overrides": _QUICK_V2, "batch_size": 128, "optimizer": "sgd",
                  "lr": 0.1, "scheduler": "cosine", "warmup_epochs": 0.5, "label_smoothing": 0.1, "randaug_ops": 0,
                  "crop_padding": 2, "ema_decay": 0.999, "tta_flip": True, "random_erasing": 0.0}
+
+
+def _quick_schedule(size=(28, 28), num_stages=1, **shape_and_regularizers) -> dict:
+    """quick's schedule written out whole (every regularizer named), so that a study arm with the same
+    values is the same run as the profile's, in the same folder."""
+    return {"num_stages": num_stages, "size": list(size), "randaug_magnitude": 0, "mixup_alpha": 0, "dropout": 0,
+            "drop_path": 0, "weight_decay": 5e-4, **shape_and_regularizers}
+
+
 # What a size change costs (notebook 04): a short run of the quick recipe that switches once, from the
 # small to the final size after half its epochs; each arm one remedy. Every run reads the validation
 # split at the new size before its first step there (lib.train.change_size).
@@ -224,7 +233,31 @@ _SWITCH_ARMS = {
                                                           "crop_padding": 0},
     "20 -> 28 px crop mode, BN re-estimated": {"bn_recalibration": 2000, "resize_mode": "crop"},
     "40 -> 56 px (upsampled), BN re-estimated": {"bn_recalibration": 2000, "image_size": [40, 56]},
+    "28 px throughout": {"image_size": [28, 28]},
 }
+# The paper's claim at the budget where quick's fixed-size run is strong (notebook 04, kept records):
+# the quick profile's 9 epochs at the final size against progressive shapes at equal epochs, and the
+# regularization half of Algorithm 1 alone.
+_BUDGET = {"epochs": 9, "schedule": _quick_schedule()}
+_BUDGET_ARMS = {
+    "28 px throughout": {},
+    "Algorithm 1, 20 -> 24 -> 28 px": {"schedule": _quick_schedule((20, 28), 3)},
+    "20 -> 28 px, last third at 28 px": {"schedule": _quick_schedule((20, 28), 2, final_share=1 / 3)},
+    "24 -> 28 px, last third at 28 px": {"schedule": _quick_schedule((24, 28), 2, final_share=1 / 3)},
+    "crop mode 20 -> 28 px, last third at 28 px": {"resize_mode": "crop", "bn_recalibration": 2000,
+                                                   "schedule": _quick_schedule((20, 28), 2, final_share=1 / 3)},
+    "crop mode, Algorithm 1, 20 -> 24 -> 28 px": {"resize_mode": "crop", "bn_recalibration": 2000,
+                                                  "schedule": _quick_schedule((20, 28), 3)},
+    "28 px, regularization growing": {"randaug_ops": 1, "schedule": _quick_schedule(
+        (28, 28), 3, randaug_magnitude=[0, 9], dropout=[0, 0.1], drop_path=[0, 0.05])},
+}
+# Do larger images want stronger regularization (the paper's Table 5 question)? The small and the final
+# size crossed with weak and strong RandAugment, on a share of the training split long enough that the
+# weakly regularized runs overfit (training accuracy above validation).
+_REGULARIZATION = {"epochs": 20, "limit": 10000, "randaug_ops": 2,
+                   "schedule": {"num_stages": 1, "size": [28, 28], "weight_decay": 5e-4}}
+_REGULARIZATION_ARMS = {f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}}
+                        for size in (20, 28) for m in (5, 15)}
 # What each notebook's experiments train on a CPU (the quick and laptop profiles share them), sized
 # so that `make reproduce` stays near 40 minutes on a 2-core CPU. ``floor``: the Fashion-MNIST test
 # accuracy the study's baseline must reach at this budget (its notebook asserts it), so differences
@@ -253,7 +286,13 @@ _CPU_STUDIES = {
     "transfer": {"train": {"model": "efficientnet_b0", "limit": 2000, "batch_size": 64, "image_size": 128},
                  "modes": {"head": {"epochs": 3, "lr": 3e-3}, "all": {"epochs": 2, "lr": 3e-4}}},
     "switch": {"seeds": 2, "kept": True, "train": {**_QUICK_RECIPE, **_SWITCH}, "arms": _SWITCH_ARMS},
+    "budget": {"seeds": 3, "kept": True, "target_accuracy": 0.92, "train": {**_QUICK_RECIPE, **_BUDGET},
+               "arms": _BUDGET_ARMS},
+    "regularization": {"seeds": 2, "kept": True, "train": {**_QUICK_RECIPE, **_REGULARIZATION},
+                       "arms": _REGULARIZATION_ARMS},
 }
+
+_SMOKE_STUDY = {"limit": 64, "epochs": 2, "batch_size": 16}
 
 PROFILES: dict[str, dict] = {
     "smoke": {
@@ -274,6 +313,16 @@ PROFILES: dict[str, dict] = {
                                       "schedule": {"num_stages": 2, "size": [20, 28]}}},
             "transfer": {"train": {"model": "efficientnet_b0", "limit": 128, "batch_size": 32, "image_size": 64},
                          "modes": {"head": {"epochs": 1, "lr": 3e-3}, "all": {"epochs": 1, "lr": 3e-4}}},
+            # notebook 04's kept studies, as mechanics: trained here in seconds
+            "switch": {"seeds": 1, "train": {**_SMOKE_STUDY, "schedule": {"num_stages": 2, "size": [20, 28]}},
+                       "arms": {"20 -> 28 px": {}, "20 -> 28 px, BN re-estimated": {"bn_recalibration": 32}}},
+            "budget": {"seeds": 2, "target_accuracy": 0.2, "train": {**_SMOKE_STUDY, "schedule": {
+                "num_stages": 1, "size": [28, 28]}}, "arms": {"28 px throughout": {}, "20 -> 28 px": {
+                    "schedule": {"num_stages": 2, "size": [20, 28]}}}},
+            "regularization": {"seeds": 1, "train": {**_SMOKE_STUDY, "randaug_ops": 2, "schedule": {
+                "num_stages": 1, "size": [28, 28]}}, "arms": {
+                f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}}
+                for size in (20, 28) for m in (5, 15)}},
         },
     },
     "quick": {
@@ -281,9 +330,7 @@ PROFILES: dict[str, dict] = {
         # dropout (they measured worse at this budget), BatchNorm statistics that keep up (momentum 0.1),
         # one image size (progressive resizing lost accuracy here: notebook 04's comparison), an EMA of
         # weights and flip TTA. SGD with Nesterov momentum and weight decay, not Adam: README "Results".
-        **_QUICK_RECIPE, "epochs": 9,
-        "schedule": {"num_stages": 1, "size": [28, 28], "randaug_magnitude": 0, "mixup_alpha": 0,
-                     "dropout": 0, "drop_path": 0, "weight_decay": 5e-4},
+        **_QUICK_RECIPE, **_BUDGET,
         "datasets": {"cifar10": _CIFAR_FIXED, "cifar100": _CIFAR_FIXED},
         "studies": _CPU_STUDIES,
     },

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .profiles import TrainConfig, config_for, merge
+from .profiles import TrainConfig, config_for, merge, study
+from .progressive import REGULARIZERS, schedule_from_spec
 from .runs import RunFolder, display_path, resolve
 from .train import run_or_reuse
 
@@ -131,3 +132,139 @@ def verdict(summary: pd.DataFrame, arm: str, against: str, by: str = "arm") -> s
 def slug(name: str) -> str:
     """A folder name for an arm: 'depth multiplier 0.1' -> 'depth_multiplier_01'."""
     return re.sub(r"_+", "_", "".join(ch if ch.isalnum() else "_" for ch in name.replace(".", ""))).strip("_").lower()
+
+
+# ---------------------------------------------------------------- progressive learning's readings
+
+def histories(runs: pd.DataFrame) -> dict[tuple[str, int], pd.DataFrame]:
+    """Each run's per-epoch metrics (``metrics.csv``), keyed by (arm, seed)."""
+    return {(r.arm, r.seed): pd.read_csv(resolve(r.run_dir) / "metrics.csv") for r in runs.itertuples()}
+
+
+def seconds_to(history: pd.DataFrame, accuracy: float) -> float:
+    """Training seconds (validation and any re-estimation included) until the first epoch whose
+    validation accuracy reaches ``accuracy``; NaN when no epoch does."""
+    reached = history.index[history.val_accuracy >= accuracy]
+    return float(history.epoch_seconds.cumsum()[reached[0]]) if len(reached) else float("nan")
+
+
+def switch_readings(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run, validation accuracy around its first change of image size: at the old size before
+    it, at the new size before any step there (as it is, and with BatchNorm re-estimated where the
+    run did that), one epoch later, and at the end. Runs without a size change read NaN around it."""
+    rows = []
+    for (arm, seed), h in histories(runs).items():
+        changed = h.index[h.image_size.diff().fillna(0) != 0]
+        row = {"arm": arm, "seed": seed, "final": h.val_accuracy.iloc[-1]}
+        if len(changed):
+            at = changed[0]
+            row.update(sizes=f"{h.image_size[at - 1]} -> {h.image_size[at]} px", before=h.val_accuracy[at - 1],
+                       switched=h.get("switch_val_accuracy", pd.Series(dtype=float)).get(at, float("nan")),
+                       recalibrated=h.get("switch_val_accuracy_recalibrated", pd.Series(dtype=float)).get(at),
+                       after_one_epoch=h.val_accuracy[at],
+                       recalibration_seconds=h.get("recalibration_seconds", pd.Series(dtype=float)).get(at))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.merge(runs[["arm", "seed", "test_accuracy"]], on=["arm", "seed"])
+
+
+def time_to_target(runs: pd.DataFrame, target: float, baseline: str) -> pd.DataFrame:
+    """Per arm: test accuracy (seeds, mean, spread), training seconds and seconds to ``target``
+    validation accuracy (a mean only when every seed reached it), each arm's time ratio against
+    ``baseline`` and the verdict on accuracy (``verdict``)."""
+    curves = histories(runs)
+    runs = runs.assign(seconds_to_target=[seconds_to(curves[r.arm, r.seed], target) for r in runs.itertuples()],
+                       train_seconds_total=[curves[r.arm, r.seed].epoch_seconds.sum() for r in runs.itertuples()])
+    table = summarize(runs).set_index("arm")
+    by_arm = runs.groupby("arm", sort=False)
+    table["train_seconds_total_mean"] = by_arm.train_seconds_total.mean()
+    table["train_flops_mean"] = by_arm.train_flops.mean()
+    table["seeds_reaching_target"] = by_arm.seconds_to_target.count()
+    table["seconds_to_target_mean"] = by_arm.seconds_to_target.agg(lambda s: s.mean(skipna=False))
+    base = table.loc[baseline]
+    table["time_ratio"] = base.train_seconds_total_mean / table.train_seconds_total_mean
+    table["time_to_target_ratio"] = base.seconds_to_target_mean / table.seconds_to_target_mean
+    table["vs_baseline"] = ["-" if arm == baseline else verdict(table.reset_index(), arm, baseline)
+                            for arm in table.index]
+    return table
+
+
+def regularization_verdict(table: pd.DataFrame, small: str, large: str, weak: str, strong: str) -> dict:
+    """The paper's question on a size x regularization grid: does the larger size gain more (or lose
+    less) from the stronger regularization? ``table`` has one row per (size, strength) with seed
+    ``test_accuracy_min``/``max``/``mean``. The gain's range at each size runs from the worst to the best
+    seed pairing; 'agrees' when the large size's whole range is above the small size's, 'disagrees'
+    when below, else 'within noise'."""
+    def gain(size: str) -> tuple[float, float, float]:
+        s, w = table.loc[(size, strong)], table.loc[(size, weak)]
+        return (s.test_accuracy_mean - w.test_accuracy_mean, s.test_accuracy_min - w.test_accuracy_max,
+                s.test_accuracy_max - w.test_accuracy_min)
+    (small_gain, small_low, small_high), (large_gain, large_low, large_high) = gain(small), gain(large)
+    word = "agrees" if large_low > small_high else "disagrees" if large_high < small_low else "within noise"
+    return {"verdict": word, "gain_small": small_gain, "gain_small_range": (small_low, small_high),
+            "gain_large": large_gain, "gain_large_range": (large_low, large_high)}
+
+
+def study_runs(profile: str, dataset: str, name: str, runs_root: Path, records: Path, *, retrain: bool = False,
+               log=print, **shared) -> tuple[dict, pd.DataFrame, bool]:
+    """A notebook study's plan, its runs, and whether they are the kept records.
+
+    A ``kept`` study (longer than ``make reproduce`` has) shows the finished runs found under
+    ``records`` (``figures/records/<dataset>``) and ``runs_root`` and trains nothing, unless ``retrain``;
+    any other study trains what is missing (seconds on the smoke profile)."""
+    plan = study(profile, name)
+    kept = plan.get("kept", False) and not retrain
+    seeds = list(range(plan["seeds"]))
+    runs = run_arms(profile, dataset, name, plan["arms"], seeds, Path(runs_root) / name, retrain=retrain,
+                    reuse_from=[Path(runs_root), Path(records)], train_missing=not kept, log=log, **shared)
+    return plan, runs, kept
+
+
+def study_table(profile: str, dataset: str, name: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """What a study ran, one row per arm: its edit of the study's settings, the stages' sizes and epochs,
+    and the seeds found, so a student sees the budget behind every verdict."""
+    plan, rows = study(profile, name), []
+    for arm, edits in plan["arms"].items():
+        config = config_for(profile, dataset, name, **copy.deepcopy(edits))
+        found = runs[runs.arm == arm].seed if len(runs) else []
+        stages = schedule_from_spec(config.schedule, config.epochs)
+        other = {k: v for k, v in edits.items() if k not in ("schedule", "image_size")}
+        rows.append({"arm": arm, "sizes (px)": " -> ".join(str(st.image_size) for st in stages),
+                     "epochs per stage": " + ".join(str(st.epochs) for st in stages),
+                     "regularization": ", ".join(
+                         f"{k.replace('_', ' ')} {getattr(stages[0], k):g}" + (
+                             f" -> {getattr(stages[-1], k):g}" if getattr(stages[-1], k) != getattr(stages[0], k) else "")
+                         for k in REGULARIZERS if any(getattr(st, k) for st in stages)) or "-",
+                     "other settings": ", ".join(f"{k}={v}" for k, v in other.items()) or "-",
+                     "training images": config.limit or "all", "seeds": ", ".join(map(str, found)) or "none found"})
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def machine_of(runs: pd.DataFrame) -> str:
+    """The machine the runs trained on, in words, from the first run's ``metrics.json``."""
+    if not len(runs):
+        return "no runs"
+    env = RunFolder(resolve(runs.run_dir.iloc[0])).read_json("metrics.json").get("environment", {})
+    return f"{env.get('device', '?')}, {env.get('cpu_count', '?')} cores ({env.get('cpu_flags') or 'no flags read'})"
+
+
+def comparison_record(runs: pd.DataFrame, table: pd.DataFrame, target: float, baseline: str) -> dict:
+    """A comparison as JSON: per arm the seeds, test accuracies, training seconds, seconds to the target
+    (null where a seed never reached it) and FLOPs, its verdict, and the time ratios against the baseline
+    (null where an arm's mean to the target cannot be formed)."""
+    curves, arms = histories(runs), {}
+    for arm, group in runs.groupby("arm", sort=False):
+        reached = [seconds_to(curves[arm, s], target) for s in group.seed]
+        arms[arm] = {"seeds": group.seed.tolist(), "test_accuracies": group.test_accuracy.tolist(),
+                     "training_seconds": [float(curves[arm, s].epoch_seconds.sum()) for s in group.seed],
+                     "seconds_to_target": [None if pd.isna(r) else r for r in reached],
+                     "train_flops": group.train_flops.tolist(), "verdict_vs_baseline": table.loc[arm, "vs_baseline"]}
+    ratios = {arm: {"training_time": _number(table.loc[arm, "time_ratio"]),
+                    "time_to_target": _number(table.loc[arm, "time_to_target_ratio"]),
+                    "train_flops": _number(table.loc[baseline, "train_flops_mean"] / table.loc[arm, "train_flops_mean"])}
+              for arm in table.index if arm != baseline}
+    return {"target_accuracy": target, "baseline": baseline, "speedup_vs_baseline": ratios, "arms": arms}
+
+
+def _number(value) -> float | None:
+    return None if pd.isna(value) else float(value)

@@ -311,16 +311,23 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
         weights = config.pretrained if config.pretrained and is_weights_name(config.pretrained) else "DEFAULT"
         preprocess = pretrained_transforms(config.model, weights)
         notes["preprocessing"] = preprocess.values()
-    augmenter = BatchAugmenter(data.num_classes, schedule[0].image_size, data.mean, data.std,
-                               num_ops=config.randaug_ops, padding=config.crop_padding, flip=config.flip,
-                               padding_mode=config.crop_mode, erasing=config.random_erasing,
-                               min_area=config.rrc_min_area, resize_mode=config.resize_mode, preprocess=preprocess)
+    augmenter = make_augmenter(config, data, schedule[0], preprocess)
     signature = {"model": config.model, "overrides": config.model_overrides, "num_classes": data.num_classes,
                  "in_channels": unwrap(model).in_channels, "num_params": count_parameters(model)}
     return Training(config, schedule, ctx, data, model, step_model, optimizer,
                     LearningRate(optimizer, config, len(train_loader)), ema, augmenter, train_loader,
                     DeviceLoader(data.val, config.eval_batch_size, shuffle=False),
                     device.precision(config.amp, ctx.device), compiler, signature, notes)
+
+
+def make_augmenter(config: TrainConfig, data: Dataset, stage: Stage, preprocess=None) -> BatchAugmenter:
+    """The training augmentation of ``config`` at ``stage``'s values (what a step receives)."""
+    augmenter = BatchAugmenter(data.num_classes, stage.image_size, data.mean, data.std,
+                               num_ops=config.randaug_ops, padding=config.crop_padding, flip=config.flip,
+                               padding_mode=config.crop_mode, erasing=config.random_erasing,
+                               min_area=config.rrc_min_area, resize_mode=config.resize_mode, preprocess=preprocess)
+    augmenter.magnitude, augmenter.mixup_alpha = stage.randaug_magnitude, stage.mixup_alpha
+    return augmenter
 
 
 def start_fresh(t: Training, folder: RunFolder, overwrite: bool, log) -> None:
