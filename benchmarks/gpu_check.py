@@ -169,9 +169,32 @@ def environment(cuda: bool) -> dict:
     return env
 
 
+# What the library calls on CUDA only (lib/device.py, lib/distributed.py, lib/preflight.py), which a dry
+# run on a CPU cannot reach: looked up in this torch, so a missing one is a line, not a traceback mid-check.
+CUDA_PATH_APIS = ("torch.cuda.is_bf16_supported", "torch.cuda.get_device_name", "torch.cuda.synchronize",
+                  "torch.cuda.reset_peak_memory_stats", "torch.cuda.max_memory_allocated", "torch.amp.GradScaler",
+                  "torch.OutOfMemoryError", "torch.compile", "torch._dynamo.lookup_backend", "torch._dynamo.utils.counters",
+                  "torch.nn.SyncBatchNorm.convert_sync_batchnorm", "torch.use_deterministic_algorithms")
+
+
 def compatibility() -> list[str]:
-    """What this torch lacks that the library uses, one line each (empty: nothing found)."""
-    return []
+    """What this torch lacks that the library uses on CUDA, one line each (empty: nothing missing)."""
+    import importlib
+    notes = []
+    for name in CUDA_PATH_APIS:
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):                 # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ImportError:
+                continue
+        try:
+            for attribute in parts[cut:]:
+                obj = getattr(obj, attribute)
+        except AttributeError:
+            notes.append(f"torch {torch.__version__} has no {name}, which the library calls on CUDA")
+    return notes
 
 
 # ---------------------------------------------------------------- child processes with a time limit
