@@ -116,7 +116,7 @@ class Record:
 
     def __init__(self, out: Path):
         out.mkdir(parents=True, exist_ok=True)
-        self.out, self.data = out, {}
+        self.out, self.data, self.scratch = out, {}, None
         self.log_file = open(out / LOG, "w", buffering=1)
         self.lock = threading.Lock()
 
@@ -126,8 +126,13 @@ class Record:
             self.log_file.write(line + "\n")
 
     def write(self) -> None:
+        """Paths in the repository relative to it and the scratch folder as $SCRATCH: the record is
+        committed (figures/records/gpu/), and one machine's folders mean nothing on another."""
+        text = json.dumps(self.data, indent=1, default=str).replace(str(REPO) + "/", "")
+        if self.scratch is not None:
+            text = text.replace(str(self.scratch), "$SCRATCH")
         tmp = self.out / f".{RESULT}.partial"
-        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        tmp.write_text(text + "\n")
         os.replace(tmp, self.out / RESULT)
 
 
@@ -533,7 +538,7 @@ def check(args) -> int:
     for line in data["compatibility"]:
         record.say(line)
     record.write()
-    scratch = Path(tempfile.mkdtemp(prefix="gpu_check."))
+    scratch = record.scratch = Path(tempfile.mkdtemp(prefix="gpu_check."))
     try:
         for name in PARTS:
             cap, least = PARTS[name] if cuda else (budget, 1)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -45,6 +46,9 @@ def test_the_dry_run_says_so_and_records_what_it_ran_on(record):
     assert list(data["parts"]) == ["training", "preflight_fashion_mnist", "tests", "preflight_cifar10"]
     assert all(part["status"] == "passed" for part in data["parts"].values()), data["summary"]
     assert 0 < data["wall_seconds"] < data["budget_seconds"]
+    text = (out / "gpu_check.json").read_text()                                    # committed as a record:
+    scratch = os.path.join(tempfile.gettempdir(), "gpu_check.")
+    assert str(REPO_ROOT) not in text and scratch not in text and "$SCRATCH/" in text   # no machine's folders
     assert (out / "gpu_check.log").read_text().splitlines()[-1] == f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.log'}"
 
 
