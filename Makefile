@@ -13,7 +13,7 @@ SMOKE_DIR := build/smoke
 export TQDM_DISABLE ?= 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: reproduce test slides lab setup clean
+.PHONY: reproduce test slides lab setup clean gpu-check gpu-data
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,19 @@ slides: setup
 # As root (containers) JupyterLab refuses to start without --allow-root.
 lab: setup
 	$(PY) -m jupyterlab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# The GPU evidence (benchmarks/gpu_check.py has the device call): the tests that take a device, the
+# paper preflights and a short real training on CUDA in 8 minutes at most, measured into
+# OUT/gpu_check.json and its log; where torch sees no CUDA device, the same check as a dry run on the
+# CPU. No `setup` first: the GPU machine has no package registry, so there it runs on its own python3.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	@test -n "$(OUT)" || { echo "usage: make gpu-check OUT=DIR [COMMIT=sha] [GPU_PYTHON=python3]" >&2; exit 2; }
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PYTHON) benchmarks/gpu_check.py --out "$(OUT)" $(if $(COMMIT),--commit $(COMMIT))
+
+# The four Fashion-MNIST .gz files (about 30 MB) for the GPU machine, which cannot download: carry build/gpu-data.
+gpu-data:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --prepare-data build/gpu-data
 
 clean:
 	rm -rf build .pytest_cache

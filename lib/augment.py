@@ -217,14 +217,16 @@ def _contrast(images: Tensor, factor: tuple[Tensor, Tensor]) -> Tensor:
 
 
 def _sharpness(images: Tensor, factor: tuple[Tensor, Tensor]) -> Tensor:
-    """Blend with a smoothed copy (3x3 kernel, centre weight 5); border pixels stay as they are."""
+    """Blend with a smoothed copy (3x3 kernel, centre weight 5); border pixels stay as they are.
+
+    The 3x3 sum is taken over whole pixel values, exact in float32, and divided once: the same
+    result on any device (a convolution with weights 1/13 rounds them, in TF32 on CUDA by default).
+    """
     n, c, h, w = images.shape
     if h <= 2 or w <= 2:
         return images
-    kernel = torch.ones(3, 3, device=images.device, dtype=images.dtype)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / 13.0).expand(c, 1, 3, 3)
-    smoothed = F.conv2d(images, kernel, groups=c).round()
+    window = sum(images[..., i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3))
+    smoothed = ((window + 4 * images[..., 1:-1, 1:-1]) / 13.0).round()
     degenerate = images.clone()
     degenerate[..., 1:-1, 1:-1] = smoothed
     return _blend(images, degenerate, factor)

@@ -3,12 +3,31 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from headless import CHROMIUM_HINT, chromium
 from lib.data import FASHION_MNIST_HINT, fashion_mnist_available
 from lib.runs import REPO_ROOT
 
 NOTEBOOK_01 = REPO_ROOT / "notebooks" / "01_data_exploration.ipynb"
+ON_DEVICE = "on_device"      # the marker of tests that take ``device``: what benchmarks/gpu_check.py runs on CUDA
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{ON_DEVICE}: takes the device fixture (CUDA where torch sees it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(ON_DEVICE)
+
+
+@pytest.fixture(scope="session")
+def device():
+    """CUDA when torch sees it, else the CPU: one test file checks both, and the GPU check
+    (``benchmarks/gpu_check.py``) selects these tests with ``-m on_device`` to run them on CUDA."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture(scope="session")

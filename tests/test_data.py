@@ -19,11 +19,13 @@ def no_system_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
 
 
-def test_fashion_mnist_idx_gz(tmp_path):
+def test_fashion_mnist_idx_gz(tmp_path, device):
     make_fashion_mnist(tmp_path)
-    ds = load_dataset("fashion_mnist", tmp_path, download=False, val_fraction=0.2)
+    ds = load_dataset("fashion_mnist", tmp_path, download=False, val_fraction=0.2, device=device)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (80, 20, 20)
     assert ds.train.images.shape[1:] == (1, 28, 28) and ds.train.images.dtype == torch.uint8
+    for split in (ds.train, ds.val, ds.test):                      # every split lives on the training device
+        assert split.images.device.type == split.labels.device.type == device.type
     assert torch.bincount(ds.val.labels).tolist() == [2] * 10
     assert ds.classes[6] == "Shirt" and ds.num_classes == 10
     x = ds.train.images.double() / 255
@@ -138,10 +140,16 @@ def test_stratified_split_is_deterministic_and_balanced():
     assert torch.bincount(a_val.labels).tolist() == [25] * 4 and len(a_train) == 900
 
 
-def test_device_loader_epochs_and_shards():
-    split = Split(torch.arange(103).view(-1, 1, 1, 1), torch.arange(103))
+def test_device_loader_epochs_and_shards(device):
+    """On the device the batches are gathered there, in the order the CPU gives (a resumed run
+    may move between the two)."""
+    on_cpu = Split(torch.arange(103).view(-1, 1, 1, 1), torch.arange(103))
+    split = on_cpu.to(device)
     loader = DeviceLoader(split, 10, seed=1)
-    epoch0 = torch.cat([y for _, y in loader])
+    batches = list(loader)
+    assert all(x.device.type == y.device.type == device.type and torch.equal(x.view(-1), y) for x, y in batches)
+    epoch0 = torch.cat([y for _, y in batches])
+    assert epoch0.tolist() == torch.cat([y for _, y in DeviceLoader(on_cpu, 10, seed=1)]).tolist()
     assert sorted(epoch0.tolist()) == list(range(103)) and len(loader) == 11
     assert torch.equal(epoch0, torch.cat([y for _, y in loader]))     # same epoch, same order
     loader.set_epoch(1)
