@@ -10,7 +10,8 @@ import lib.data as data
 from formats import make_fashion_mnist
 from lib.models import build_model
 from lib.profiles import PROFILES, config_for, study
-from lib.studies import run_arms, slug, summarize, verdict
+from lib.runs import REPO_ROOT
+from lib.studies import finished_elsewhere, run_arms, slug, summarize, verdict
 
 
 @pytest.fixture
@@ -117,8 +118,9 @@ def test_the_cpu_profiles_share_their_studies_whatever_their_own_recipes():
         models = [{"model": m} for m in plan.get("models", [])] or [{}]
         regimes = [BASELINE_REGIMES[r] for r in plan.get("regimes", [])] or [{}]
         modes = list(plan.get("modes", {}).values()) or [{}]
-        for model, regime, mode in product(models, regimes, modes):
-            arm = {**model, **regime, **mode}
+        arms = list(plan.get("arms", {}).values()) if isinstance(plan.get("arms"), dict) else [{}]
+        for model, regime, mode, edit in product(models, regimes, modes, arms):
+            arm = {**model, **regime, **mode, **edit}
             quick, laptop = (config_for(p, "fashion_mnist", name, **arm).identity() for p in ("quick", "laptop"))
             differs = {k for k in quick if k != "profile" and quick[k] != laptop[k]}
             assert not differs, (name, arm, {k: (quick[k], laptop[k]) for k in differs})
@@ -157,3 +159,19 @@ def test_results_read_kept_records_and_a_fresh_run_replaces_its_record(tmp_path)
     assert [str(k) for k in found] == ["fashion_mnist/laptop/laptop", "fashion_mnist/quick/ablations/baseline/seed0-abc",
                                        "fashion_mnist/quick/terminal/seed0"]
     assert found[next(k for k in found if k.name == "seed0")].is_relative_to(runs)      # the fresh run wins
+
+
+KEPT_ARMS = [(profile, name) for profile in ("quick", "laptop") for name, plan in PROFILES[profile]["studies"].items()
+             if plan.get("kept") and isinstance(plan.get("arms"), dict)]
+
+
+@pytest.mark.parametrize("profile, name", KEPT_ARMS)
+def test_every_arm_of_a_kept_study_has_its_records(profile, name):
+    """Notebook 04 shows these studies from figures/records/ and trains nothing: a profile edit that
+    changes an arm's settings makes its records stale, and this fails instead of the notebook."""
+    plan = study(profile, name)
+    for arm, edits in plan["arms"].items():
+        for seed in range(plan["seeds"]):
+            config = config_for(profile, "fashion_mnist", name, seed=seed, **edits)
+            found = finished_elsewhere(config, REPO_ROOT / "figures" / "records" / "fashion_mnist")
+            assert found is not None, f"no kept run of {name} / {arm}, seed {seed} for {profile}'s settings"
