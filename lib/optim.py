@@ -13,9 +13,11 @@ never decay. The learning rate is ``lr x warm-up x decay``, computed per optimiz
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ChainedScheduler, LambdaLR, LRScheduler, MultiplicativeLR, ReduceLROnPlateau, SequentialLR
 
 from .profiles import TrainConfig
 
@@ -89,6 +91,52 @@ class LearningRate:
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau = dict(state)
+
+
+# ReduceLROnPlateau as the coursework used it: halve the rate after 2 epochs without a relatively
+# better validation accuracy; eps=0: every halving is applied, however small the rate.
+PLATEAU = {"mode": "max", "factor": 0.5, "patience": 2, "threshold": 1e-4, "threshold_mode": "rel", "eps": 0.0}
+
+
+def lr_schedulers(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                  steps_per_epoch: int) -> tuple[LRScheduler, ReduceLROnPlateau | None]:
+    """The learning rate as torch.optim.lr_scheduler objects: one moved on before every optimizer step
+    after the first (``step_lr``), and for ``plateau`` a ReduceLROnPlateau stepped after validation.
+
+    Per step, LambdaLR sets ``lr x warm-up`` and MultiplicativeLR, chained after it, multiplies that
+    by the decay: in this order the product is bit for bit the one the trainer always computed, so
+    seeded runs keep their weights. ``plateau`` has no per-step decay: after the warm-up, SequentialLR
+    hands over to a MultiplicativeLR of 1, which leaves the rate to ReduceLROnPlateau.
+    """
+    steps_per_epoch = max(1, steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    warm_up = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+    if config.scheduler == "plateau":
+        earliest = PLATEAU["patience"] + 2              # epochs before ReduceLROnPlateau can first halve the rate
+        if warmup_steps > earliest * steps_per_epoch:
+            raise ValueError(f"scheduler plateau may halve the rate after {earliest} epochs, inside a warm-up of "
+                             f"{config.warmup_epochs:g} epochs, which would undo it: warm up for at most {earliest}")
+        steady = MultiplicativeLR(optimizer, lambda step: 1.0)
+        return (SequentialLR(optimizer, [warm_up, steady], milestones=[warmup_steps]),
+                ReduceLROnPlateau(optimizer, **PLATEAU))
+
+    def exponential(step: int) -> float:        # the coursework's ExponentialLR, per epoch
+        return config.gamma ** (step // steps_per_epoch)
+
+    def cosine(step: int) -> float:             # to zero at the end of the run
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
+
+    decay = {"exponential": exponential, "cosine": cosine, "none": lambda step: 1.0}[config.scheduler]
+    return ChainedScheduler([warm_up, MultiplicativeLR(optimizer, decay)]), None
+
+
+def step_lr(per_step: LRScheduler) -> None:
+    """Move the rate on to the next optimizer step. A first step that fp16's GradScaler skipped still
+    counts (the rate follows the step count), so torch's warning about the order does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        per_step.step()
 
 
 def ema_of(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
