@@ -1,14 +1,14 @@
-"""The optimizer, its learning rate (set before every step by one rule) and the EMA of its weights.
+"""The optimizer, its learning rate (torch.optim.lr_scheduler, per step) and the EMA of its weights.
 
 Weight decay is a progressive-learning regularizer (it changes per stage), so it lives in the
 optimizer's ``scheduled_decay`` group and the trainer sets it at each stage; BatchNorm and biases
-never decay. The learning rate is ``lr x warm-up x decay``, computed per optimizer step:
+never decay. The learning rate is ``lr x warm-up x decay`` at every optimizer step:
 
 - warm-up: linear from ``lr / warmup_steps`` to ``lr`` over ``warmup_epochs`` (fine-tuning a
   pretrained network with a fresh head, or a large batch, needs it);
 - decay: ``exponential`` (``gamma ** epoch``, the coursework's per-epoch ExponentialLR),
-  ``cosine`` (to zero over the run, per step), ``plateau`` (halve after ``patience`` epochs
-  without a better validation accuracy) or ``none``.
+  ``cosine`` (to zero over the run, per step), ``plateau`` (ReduceLROnPlateau: halve after 2
+  epochs without a better validation accuracy) or ``none``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import warnings
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import ChainedScheduler, LambdaLR, LRScheduler, MultiplicativeLR, ReduceLROnPlateau, SequentialLR
+from torch.optim.lr_scheduler import (ChainedScheduler, LambdaLR, LRScheduler, MultiplicativeLR, ReduceLROnPlateau,
+                                      SequentialLR)
 
 from .profiles import TrainConfig
 
@@ -44,53 +45,6 @@ def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
     for group in optimizer.param_groups:
         if group.get("scheduled_decay"):
             group["weight_decay"] = value
-
-
-class LearningRate:
-    """lr(step) = base x warm-up(step) x decay(step); ``apply(step)`` writes it into the optimizer."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int,
-                 patience: int = 2, factor: float = 0.5):
-        self.optimizer, self.base, self.kind, self.gamma = optimizer, config.lr, config.scheduler, config.gamma
-        self.steps_per_epoch = max(1, steps_per_epoch)
-        self.total_steps = self.steps_per_epoch * config.epochs
-        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
-        self.patience, self.factor = patience, factor
-        self.plateau = {"scale": 1.0, "best": -math.inf, "bad_epochs": 0}
-
-    def at(self, step: int) -> float:
-        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        if self.kind == "exponential":
-            decay = self.gamma ** (step // self.steps_per_epoch)
-        elif self.kind == "cosine":
-            decay = 0.5 * (1 + math.cos(math.pi * min(1.0, step / self.total_steps)))
-        else:
-            decay = self.plateau["scale"]
-        return self.base * warmup * decay
-
-    def apply(self, step: int) -> float:
-        lr = self.at(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def end_epoch(self, val_accuracy: float) -> None:
-        """ReduceLROnPlateau's rule (mode max, relative threshold 1e-4); other kinds ignore it."""
-        if self.kind != "plateau" or not math.isfinite(val_accuracy):
-            return
-        p = self.plateau
-        if val_accuracy > p["best"] * (1 + 1e-4):
-            p["best"], p["bad_epochs"] = val_accuracy, 0
-        else:
-            p["bad_epochs"] += 1
-            if p["bad_epochs"] > self.patience:
-                p["scale"], p["bad_epochs"] = p["scale"] * self.factor, 0
-
-    def state_dict(self) -> dict:
-        return dict(self.plateau)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.plateau = dict(state)
 
 
 # ReduceLROnPlateau as the coursework used it: halve the rate after 2 epochs without a relatively

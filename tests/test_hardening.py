@@ -166,6 +166,8 @@ CASES = [
     ("overwrite with a missing dataset", ["--overwrite", "--dataset", "cifar100", "--set", "download=false"],
      "cifar100 not found", "finished"),
     ("overwrite with a bad schedule", ["--overwrite", "--set", "schedule={size: [28, 20]}"], "shrinks", "finished"),
+    ("resume a checkpoint of the hand-written learning rate", ["--resume"], "before torch.optim.lr_scheduler",
+     "old lr state"),
     ("resume with another lr", ["--resume", "--lr", "5e-4"], "was trained with other settings (lr: 0.001 -> 0.0005", "unfinished"),
     ("resume into another model", ["--resume", "--set", "model_overrides={width_mult: 0.5, depth_mult: 0.1, small_input: true}"],
      "holds a checkpoint of", "unfinished"),
@@ -191,10 +193,14 @@ def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, r
         for name in ("notes.md", "a.txt", "photo.jpg", ".hidden"):
             (out / name).parent.mkdir(exist_ok=True)
             (out / name).write_text(name)
-    if start in ("finished", "unfinished"):
+    if start in ("finished", "unfinished", "old lr state"):
         shutil.copytree(finished_run, out)
-        if start == "unfinished":
+        if start != "finished":
             unfinished(out)
+        if start == "old lr state":            # what lib.optim.LearningRate kept before torch's schedulers
+            last = sorted((out / "checkpoints").glob("epoch_*.pt"))[-1]
+            state = torch.load(last, weights_only=False)
+            torch.save({**state, "lr": {"scale": 1.0, "best": 0.1, "bad_epochs": 0}}, last)
     elif start == "file":
         out.write_text("not a folder")
     elif start == "under a file":

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lib.optim import LearningRate, lr_schedulers, make_optimizer, step_lr
+from lib.optim import lr_schedulers, make_optimizer, step_lr
 from lib.profiles import TrainConfig
 
 STEPS_PER_EPOCH, EPOCHS = 7, 12
@@ -15,8 +15,9 @@ ACCURACIES = [0.5, 0.6, 0.6, 0.6, 0.6, 0.59, 0.7, 0.70001, 0.7, 0.7, math.nan, 0
 
 
 def formula(config: TrainConfig) -> list[float]:
-    """The rate of every step as the trainer computed it before: base x warm-up x decay, in that
-    order, with ReduceLROnPlateau's rule (mode max, relative threshold 1e-4, patience 2, factor 0.5)."""
+    """The rate of every step as the trainer computed it before torch's schedulers (the former
+    ``lib.optim.LearningRate``): base x warm-up x decay, in that order, with ReduceLROnPlateau's rule
+    (mode max, relative threshold 1e-4, patience 2, factor 0.5)."""
     warmup_steps = round(config.warmup_epochs * STEPS_PER_EPOCH)
     scale, best, bad, rates = 1.0, -math.inf, 0, []
     for step in range(STEPS_PER_EPOCH * EPOCHS):
@@ -78,11 +79,6 @@ def test_every_step_has_the_rate_of_the_closed_formula(kind, warmup):
     config = TrainConfig(scheduler=kind, warmup_epochs=warmup, epochs=EPOCHS, lr=0.1, gamma=0.9)
     rates = formula(config)
     assert scheduled(config) == rates                         # bit for bit, not approximately
-    old = LearningRate(torch.optim.SGD([torch.zeros(1)], lr=config.lr), config, STEPS_PER_EPOCH)
-    for step in range(STEPS_PER_EPOCH * EPOCHS):
-        assert old.apply(step) == rates[step]
-        if step % STEPS_PER_EPOCH == STEPS_PER_EPOCH - 1:
-            old.end_epoch(ACCURACIES[step // STEPS_PER_EPOCH])
     if kind == "plateau":
         assert rates[-1] == config.lr / 4                    # the rule halved the rate twice
     if warmup:                                                # the warm-up starts at lr / warm-up steps
