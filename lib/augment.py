@@ -3,7 +3,10 @@
 Why this module exists: torchvision's v2 RandAugment and kornia's draw ONE op for a whole batched
 tensor (pytorch/vision#8484), and torchvision's per-image PIL RandAugment needs many CPU workers.
 Here every image draws its own ops and signs, and the whole batch is transformed with a handful of
-tensor kernels, so the dataset can live on the GPU as uint8 and be augmented there.
+tensor kernels, so the dataset can live on the GPU as uint8 and be augmented there. Mixup and
+CutMix are ours too: torchvision's v2 ``MixUp``/``CutMix`` draw from torch's global CPU generator,
+not the run's per-epoch one, read the draws back to the host (a sync per batch on a GPU), and pair
+each image with its neighbour (``roll``) instead of a drawn partner, so seeded runs would change.
 
 Pipeline order used by `BatchAugmenter` (cheap first, at native resolution on uint8 values):
 random crop + flip -> RandAugment -> resize to the stage's image size -> normalize -> mixup.
