@@ -32,7 +32,7 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 
 KNOWN_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 # Training files of the known datasets: (images, channels), for estimates made without the data.
-KNOWN_SIZES = {"fashion_mnist": (60000, 1), "cifar10": (50000, 3), "cifar100": (50000, 3)}
+TRAIN_IMAGES_AND_CHANNELS = {"fashion_mnist": (60000, 1), "cifar10": (50000, 3), "cifar100": (50000, 3)}
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -150,9 +150,9 @@ def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: f
 def known_train_images(name: str, val_fraction: float) -> int | None:
     """Images in a known dataset's training split once the validation split is taken, without the
     data on disk (for estimates); None for a dataset whose size is not known (an image folder)."""
-    if name not in KNOWN_SIZES:
+    if name not in TRAIN_IMAGES_AND_CHANNELS:
         return None
-    files = KNOWN_SIZES[name][0]
+    files = TRAIN_IMAGES_AND_CHANNELS[name][0]
     return files - (max(1, round(files * val_fraction)) if val_fraction else 0)
 
 

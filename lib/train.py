@@ -39,7 +39,7 @@ from .data import Dataset, DatasetError, DeviceLoader, load_dataset
 from .models import build_model, check_input_size, count_flops, count_parameters
 from .optim import ema_of, lr_schedulers, make_optimizer, set_weight_decay, step_lr
 from .profiles import TrainConfig, config_for, safe_settings
-from .progressive import Schedule, Stage, schedule_from_spec
+from .progressive import Schedule, TrainingStage, schedule_from_spec
 from .runs import RunFolder, RunFolderError, TrainingError, command, display_path, environment, resolve, settings_key
 from .stopping import Stop, Stopped, signal_name
 from .transfer import WeightsUnavailable, freeze_backbone, is_weights_name, load_pretrained, pretrained_transforms
@@ -58,7 +58,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: f
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def apply_stage(stage: Stage, model: nn.Module, optimizer, augmenter: BatchAugmenter) -> None:
+def apply_stage(stage: TrainingStage, model: nn.Module, optimizer, augmenter: BatchAugmenter) -> None:
     """Set every scheduled value of Algorithm 1 for this stage, without rebuilding anything."""
     model.set_dropout(stage.dropout)
     model.set_drop_path_rate(stage.drop_path)
@@ -435,7 +435,7 @@ def change_size(t: Training, epoch: int, log) -> dict:
     return reading
 
 
-def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, progress: bool,
+def train_one_epoch(t: Training, stage: TrainingStage, epoch: int, folder: RunFolder, progress: bool,
                     stop: Stop | None = None) -> dict:
     """One pass over the training split at this stage's settings: loss, accuracy and speed.
 
@@ -549,7 +549,7 @@ def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple
     return torch.stack(losses).sum(), torch.cat(logits)
 
 
-def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_stats: dict, log) -> None:
+def end_epoch(t: Training, folder: RunFolder, stage: TrainingStage, epoch: int, train_stats: dict, log) -> None:
     """Validate, step the plateau rule, log one line, and write the epoch's row and checkpoint."""
     c, data = t.config, t.data
     if c.bn_recalibration and t.ema is not None:     # the averaged weights get statistics of their own
@@ -664,8 +664,14 @@ def _numbers(value):
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, *, prog: str = "python -m lib.train", description: str | None = None,
+         run=None) -> int:
+    """The command line: settings from arguments, then ``train``, with every refusal in one line.
+
+    ``run(config, out)`` replaces training, without ``--resume``/``--overwrite``: ``python -m
+    lib.preflight`` passes its own, so the preflight builds on the trainer and not both ways.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="fashion_mnist, cifar10, cifar100 or an image folder")
     p.add_argument("--profile", default="quick", help="smoke, quick, laptop or paper")
     p.add_argument("--study", help="a notebook study's settings on top of the profile's (baselines, ablations, ...)")
@@ -683,11 +689,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field, value as YAML (repeatable): --set ema_decay=0.999 sets one "
                         "whole, --set schedule.dropout=0.3 edits one entry, --set image_size=32 edits the sizes")
-    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (kept until the new one checkpoints)")
-    p.add_argument("--preflight", action="store_true",
-                   help="time a few steps of the real recipe at every stage (and a resume between stages), "
-                        "write OUT/preflight.json, and stop")
+    if run is None:
+        p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (kept until the new one checkpoints)")
     args = p.parse_args(argv)
     try:
         RunFolder(args.out).check_path()          # an empty --out, someone else's folder: before anything loads
@@ -709,9 +714,8 @@ def main(argv: list[str] | None = None) -> int:
                 target = target.setdefault(part, {})
             target[path[-1]] = parse_value(value)
         config = config_for(args.profile, args.dataset, args.study, whole=whole, **edits)
-        if args.preflight:
-            from .preflight import preflight          # the preflight is built from this module's steps
-            preflight(config, args.out)
+        if run is not None:
+            run(config, args.out)
         else:
             train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=sys.stderr.isatty())
     except (ValueError, TrainingError, DatasetError, RunFolderError, WeightsUnavailable) as e:

@@ -23,6 +23,7 @@ import lib.data as data
 import lib.runs as runs
 import lib.train as train_module
 from formats import make_fashion_mnist, write_idx, write_png
+from lib.preflight import main as preflight_main
 from lib.profiles import config_for
 from lib.stopping import Stop
 from lib.train import Diverged, main, train
@@ -212,7 +213,8 @@ def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, r
         extra = [*extra, "--dataset", str(roots / start)]
     watched = out if start not in ("", "  ", "repository") and out.exists() else tmp_path / "none"
     before = snapshot(watched, roots)
-    code = main(base_args(root, out, *extra))
+    entry = preflight_main if "--preflight" in extra else main     # python -m lib.preflight takes the same arguments
+    code = entry(base_args(root, out, *[a for a in extra if a != "--preflight"]))
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
