@@ -98,9 +98,10 @@ def ema_of(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMode
 
     At update t the decay is min(decay, (1 + t) / (10 + t)): early updates follow the model
     closely, so the random initial weights and BatchNorm's initial running variance of 1 fade at
-    once. Without it they keep the weight decay**t (3% after 1,700 updates at 0.998), and a late
-    BatchNorm whose true variance is 0.003 normalizes with 0.03: the average predicts at chance.
-    Computed on the device, without a host synchronisation per step.
+    once. Without it they keep the weight decay**t, which fades slowly at a decay near 1, and a
+    late BatchNorm whose true variance is small still normalizes with a share of that initial 1:
+    the average can predict at chance. Computed on the device, without a host synchronisation per
+    step.
     """
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:

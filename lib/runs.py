@@ -169,7 +169,8 @@ def cpu_name() -> str:
 
 
 def cpu_flags() -> str:
-    """The vector extensions that decide CPU speed here (AVX2 vs AVX-512 machines run 2x apart)."""
+    """The vector extensions that decide CPU speed here (an AVX-512 machine trains far faster than an
+    AVX2 one), so a time read from a result says on what it was measured."""
     for line in _cpuinfo():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())

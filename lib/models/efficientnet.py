@@ -260,7 +260,8 @@ def build_efficientnet(name: str, num_classes: int, in_channels: int = 3, *,
     ``width_mult`` / ``depth_mult`` replace the variant's compound-scaling coefficients (1.0 for
     V2; e.g. 1.4 / 1.8 for B4) and scale stem, stages and head.
     ``fused_stages`` re-fuses stages (see ``with_fused_stages``). ``bn_momentum`` is PyTorch's
-    (0.01 = TF's 0.99); runs of ~100 steps need ~0.1 for the running statistics to catch up.
+    (0.01 = TF's 0.99); short runs need a larger one (the CPU profiles' 0.1) for the running
+    statistics to catch up with the weights.
 
     ``small_input=True`` sets the stem stride to 1, halving the total stride (32 -> 16), so that
     28-32 px images (Fashion-MNIST, CIFAR) keep a 2x2 last feature map and every layer's
