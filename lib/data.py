@@ -218,18 +218,19 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 # ---------------------------------------------------------------- reading through torchvision
 
-def _read_or_name(read, files: list[Path], check, what: str):
-    """``read()``, a torchvision dataset; if it fails, the error names the first of ``files`` that
-    ``check`` (reading that one file) rejects, or their folder. torchvision's exceptions name no file."""
+def _read_or_name(read, files: dict[Path, Path], check, what: str):
+    """``read()``, a torchvision dataset; if it fails, the error names the first file that ``check``
+    (reading that one file) rejects, as ``files`` maps the path read to the path to name (a
+    temporary copy to its source), or their folder. torchvision's exceptions name no file."""
     try:
         return read()
     except Exception as e:  # truncated or garbage files raise anything: assertions, view, unpickling errors
-        culprit, reason = files[0].parent, e
-        for path in files:
+        culprit, reason = next(iter(files.values())).parent, e
+        for path, named in files.items():
             try:
                 check(path)
             except Exception as bad:
-                culprit, reason = path, bad
+                culprit, reason = named, bad
                 break
         reason = " ".join(f"{type(reason).__name__}: {reason}".split()).rstrip(": ")[:200]
         raise CorruptDataError(f"{culprit}: {what} ({reason}); delete it and load again, "
@@ -246,19 +247,20 @@ def _load_fashion_mnist(root: Path, download: bool):
     if found is None:
         _download("fashion_mnist", root, download, [str(raw), str(SYSTEM_FASHION_MNIST)])
         found, source = _find_idx_files(raw), f"{raw} (downloaded)"
-    with _torchvision_layout(found, raw) as layout:
-        train, test = _read_fashion_mnist(layout, train=True), _read_fashion_mnist(layout, train=False)
+    with _torchvision_layout(found, raw, install=source == str(SYSTEM_FASHION_MNIST)) as layout:
+        train, test = _read_fashion_mnist(layout, found, train=True), _read_fashion_mnist(layout, found, train=False)
     return train, test, FASHION_MNIST_CLASSES, source
 
 
-def _read_fashion_mnist(root: Path, train: bool) -> Split:
+def _read_fashion_mnist(root: Path, found: dict[str, Path], train: bool) -> Split:
     images_name, labels_name = FASHION_MNIST_FILES["train" if train else "test"]
     raw = root / "FashionMNIST" / "raw"
     checks = {raw / images_name: read_image_file, raw / labels_name: read_label_file}
-    ds = _read_or_name(lambda: FashionMNIST(str(root), train=train), list(checks),
-                       lambda path: checks[path](str(path)), "not a whole idx file: truncated or padded, or no idx header")
+    ds = _read_or_name(lambda: FashionMNIST(str(root), train=train),
+                       {raw / n: found[n] for n in (images_name, labels_name)}, lambda path: checks[path](str(path)),
+                       "not a whole idx file: truncated or padded, or no idx header")
     if len(ds.data) != len(ds.targets):
-        raise CorruptDataError(f"{raw / images_name} and {raw / labels_name} do not match "
+        raise CorruptDataError(f"{found[images_name]} and {found[labels_name]} do not match "
                                f"(images {tuple(ds.data.shape)}, labels {tuple(ds.targets.shape)})")
     return Split(ds.data.unsqueeze(1), ds.targets)
 
@@ -287,22 +289,29 @@ def _find_idx_files(folder: Path) -> dict[str, Path] | None:
 
 
 @contextlib.contextmanager
-def _torchvision_layout(found: dict[str, Path], raw: Path):
+def _torchvision_layout(found: dict[str, Path], raw: Path, install: bool):
     """A root whose ``FashionMNIST/raw/`` holds the four files uncompressed, as torchvision reads them:
-    ``raw`` itself (a ``.gz`` there or a system copy is decompressed into it, so the next load is
-    direct), or a temporary folder when ``raw`` is read-only.
+    the data root itself when they are there, the system copy decompressed into ``raw`` when
+    ``install`` (so the next load is direct), else a temporary folder removed after reading (a
+    ``.gz`` in ``raw``, or ``raw`` read-only): files of the data root are never changed.
 
     Debian recompressed the files, so torchvision's md5 check rejects the ``.gz`` as they are;
     decompressed, torchvision loads them without any download.
     """
-    try:
-        _plain_files(found, raw)
-    except OSError:                     # cannot write there: a temporary copy, removed after reading
-        with tempfile.TemporaryDirectory() as tmp:
-            _plain_files(found, Path(tmp) / "FashionMNIST" / "raw")
-            yield Path(tmp)
+    if all(path == raw / name for name, path in found.items()):
+        yield raw.parents[1]
         return
-    yield raw.parents[1]
+    if install:
+        try:
+            _plain_files(found, raw)
+        except OSError:                 # cannot write there
+            pass
+        else:
+            yield raw.parents[1]
+            return
+    with tempfile.TemporaryDirectory() as tmp:
+        _plain_files(found, Path(tmp) / "FashionMNIST" / "raw")
+        yield Path(tmp)
 
 
 def _plain_files(found: dict[str, Path], raw: Path) -> None:
@@ -332,7 +341,7 @@ def _load_cifar(key: str, root: Path, download: bool):
     cls = _CIFAR[key]
     splits = []
     for train, files in ((True, train_files), (False, test_files)):
-        ds = _read_or_name(lambda: cls(str(root), train=train), [folder / f for f in [*files, meta_file]],
+        ds = _read_or_name(lambda: cls(str(root), train=train), {folder / f: folder / f for f in [*files, meta_file]},
                            _unpickle, "cannot be unpickled as a CIFAR batch")
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2), dtype=np.uint8))
         if len(images) != len(ds.targets):
