@@ -53,7 +53,7 @@ test: setup
 # once from npm into build/vendor). Code hidden; `make slides SLIDES_CODE=1` keeps it.
 slides: setup
 	@ls $(RUN_DIR)/[0-9][0-9]_*.ipynb > /dev/null 2>&1 || { echo "no executed notebooks in $(RUN_DIR)/: run \`make reproduce DATASET=$(DATASET) PROFILE=$(PROFILE)\` first" >&2; exit 1; }
-	$(PY) -m lib.slides $(RUN_DIR) $(RUN_DIR)/slides $(if $(filter 1 yes true,$(SLIDES_CODE)),--code)
+	$(PY) scripts/slides.py $(RUN_DIR) $(RUN_DIR)/slides $(if $(filter 1 yes true,$(SLIDES_CODE)),--code)
 
 # JupyterLab at the repository root, with the project's `python3` kernel (installed into .venv by setup).
 # Options pass through, e.g. on a remote machine: make lab LAB_ARGS="--no-browser --port 8899".

@@ -17,7 +17,7 @@ fit is skipped and says so), in this order:
    accuracy. It reports images/s and peak memory per size, the compilations and graph breaks, and
    the projected hours of the full 100-epoch run beside the README's estimate (counted FLOPs at an
    assumed 10% of peak, ``lib.preflight.gpu_hours``) and the share of peak the measurement implies;
-2. ``preflight_fashion_mnist``: ``python -m lib.train --dataset fashion_mnist --profile paper --preflight``;
+2. ``preflight_fashion_mnist``: ``python -m lib.preflight --dataset fashion_mnist --profile paper``;
 3. ``tests``: the tests that take the ``device`` fixture (``pytest -m on_device``: device-resident data
    and ``DeviceLoader``, RandAugment against the CPU, bf16/fp16 autocast, inductor with one
    compilation per size, accumulation, bit-exact resume, the preflight), which run on CUDA there;
@@ -382,7 +382,7 @@ def run_training(record, args, sizes, scratch, budget_left) -> dict:
 
 
 def run_preflight(record, dataset: str, args, sizes, scratch, budget_left, cuda) -> dict:
-    """``python -m lib.train ... --preflight`` as a student runs it, with the dry run's tiny settings."""
+    """``python -m lib.preflight ...`` as a student runs it, with the dry run's tiny settings."""
     out = scratch / f"preflight_{dataset}"
     extra, note = [], ""
     if dataset == "cifar10":
@@ -410,8 +410,8 @@ def run_preflight(record, dataset: str, args, sizes, scratch, budget_left, cuda)
         extra += ["--batch-size", str(sizes.preflight_batch)]
     if sizes.preflight_compile is not None and "--compile" not in extra:
         extra += ["--compile", sizes.preflight_compile]
-    argv = [sys.executable, "-m", "lib.train", "--dataset", dataset, "--profile", "paper", "--out", str(out),
-            "--preflight", "--set", f"data_root={root}", "--set", "download=false", *extra]
+    argv = [sys.executable, "-m", "lib.preflight", "--dataset", dataset, "--profile", "paper", "--out", str(out),
+            "--set", f"data_root={root}", "--set", "download=false", *extra]
     command = " ".join(a if " " not in a else repr(a) for a in argv[1:])
     tail = []
     code, seconds = run_child(record, argv, budget_left, child_env(), tail)

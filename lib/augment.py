@@ -3,7 +3,10 @@
 Why this module exists: torchvision's v2 RandAugment and kornia's draw ONE op for a whole batched
 tensor (pytorch/vision#8484), and torchvision's per-image PIL RandAugment needs many CPU workers.
 Here every image draws its own ops and signs, and the whole batch is transformed with a handful of
-tensor kernels, so the dataset can live on the GPU as uint8 and be augmented there.
+tensor kernels, so the dataset can live on the GPU as uint8 and be augmented there. Mixup and
+CutMix are ours too: torchvision's v2 ``MixUp``/``CutMix`` draw from torch's global CPU generator,
+not the run's per-epoch one, read the draws back to the host (a sync per batch on a GPU), and pair
+each image with its neighbour (``roll``) instead of a drawn partner, so seeded runs would change.
 
 Pipeline order used by `BatchAugmenter` (cheap first, at native resolution on uint8 values):
 random crop + flip -> RandAugment -> resize to the stage's image size -> normalize -> mixup.
@@ -141,7 +144,7 @@ def _sampling_grid(matrices: Tensor, height: int, width: int) -> Tensor:
     """grid_sample grid (N x H x W x 2, align_corners=False) for output -> input matrices in
     centred pixel coordinates. Same arithmetic order as torchvision's tensor affine (coefficients
     divided by the half size first, then x * a + y * b + c), so exact half-pixel ties (e.g. shear
-    0.2 hits them) round to the same neighbour; F.affine_grid rounds ~3 % of pixels differently.
+    0.2 hits them) round to the same neighbour, where F.affine_grid's order rounds some differently.
     """
     device, dtype = matrices.device, matrices.dtype
     xs = torch.arange(width, device=device, dtype=dtype) - (width - 1) / 2
@@ -285,7 +288,7 @@ def _apply_ops_float(images: Tensor, op_ids: Tensor, signs: Tensor, magnitude: f
 
     def factor(name: str) -> tuple[Tensor, Tensor]:
         # factor = 1 +/- strength and 1 - factor formed in double precision, as torchvision does
-        # (rounding them in float32 first moves ~1 % of pixels by one level).
+        # (rounding them in float32 first moves some pixels by one level).
         positive = signs.view(n, 1, 1, 1) > 0
         value = strength(name)
         return (torch.where(positive, 1.0 + value, 1.0 - value),
@@ -344,8 +347,8 @@ class RandAugment:
     torchvision's magnitude semantics. `magnitude` is a plain attribute: the progressive trainer
     assigns it at each stage (fractional values interpolate torchvision's table).
 
-    Each op reproduces torchvision's tensor op (tests found 0 differing pixels for all 14 ops,
-    both signs, magnitudes 9/20/30, 1 and 3 channels, fill 0 and 37). What differs from
+    Each op reproduces torchvision's tensor op pixel for pixel (``tests/test_augment.py`` compares
+    every op, both signs, several magnitudes, 1 and 3 channels and two fills). What differs from
     torchvision's RandAugment is only the random stream (its per-image draws vs our batch draws).
     Grey (1-channel) images: Color is a no-op, as in torchvision.
     """

@@ -1,8 +1,11 @@
 """Datasets as uint8 tensors, found offline first, split deterministically, batched on the device.
 
-Why tensors and not a torchvision ``Dataset``: Fashion-MNIST is 47 MB and CIFAR-10 150 MB as
-uint8, so a whole split fits in (GPU) memory and shuffling/batching become one index op per
-batch instead of thousands of Python calls per epoch (see ``benchmarks/data_loader.py``).
+torchvision's dataset classes read the files (``FashionMNIST``, ``CIFAR10``, ``CIFAR100``, and
+``ImageFolder``'s file listing); their ``.data``/``.targets`` become tensors. Why tensors and not a
+torchvision ``Dataset`` in a DataLoader: Fashion-MNIST is 47 MB and CIFAR-10 150 MB as uint8, so a
+whole split fits in (GPU) memory and shuffling/batching become one index op per batch instead of
+thousands of Python calls per epoch (see ``benchmarks/data_loader.py``). What is ours: where the
+files are looked for, the one-line errors (a corrupt file is named), the split and the batching.
 
 Where data is looked for, in order:
 1. ``<root>/`` in torchvision's on-disk layout (``data/`` by default);
@@ -12,21 +15,24 @@ Nothing found is ever deleted: a corrupt file is reported by name and left in pl
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import pickle
-import shutil
-import struct
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
+from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST, ImageFolder
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
 KNOWN_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 # Training files of the known datasets: (images, channels), for estimates made without the data.
-KNOWN_SIZES = {"fashion_mnist": (60000, 1), "cifar10": (50000, 3), "cifar100": (50000, 3)}
+TRAIN_IMAGES_AND_CHANNELS = {"fashion_mnist": (60000, 1), "cifar10": (50000, 3), "cifar100": (50000, 3)}
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -36,10 +42,9 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-CIFAR_LAYOUT = {  # folder, train files, test files, meta file, label key, class-names key
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                "batches.meta", b"labels", b"label_names"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names"),
+CIFAR_LAYOUT = {  # folder, train files, test files, meta file
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta"),
 }
 
 
@@ -145,9 +150,9 @@ def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: f
 def known_train_images(name: str, val_fraction: float) -> int | None:
     """Images in a known dataset's training split once the validation split is taken, without the
     data on disk (for estimates); None for a dataset whose size is not known (an image folder)."""
-    if name not in KNOWN_SIZES:
+    if name not in TRAIN_IMAGES_AND_CHANNELS:
         return None
-    files = KNOWN_SIZES[name][0]
+    files = TRAIN_IMAGES_AND_CHANNELS[name][0]
     return files - (max(1, round(files * val_fraction)) if val_fraction else 0)
 
 
@@ -211,27 +216,53 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+# ---------------------------------------------------------------- reading through torchvision
+
+def _read_or_name(read, files: dict[Path, Path], check, what: str):
+    """``read()``, a torchvision dataset; if it fails, the error names the first file that ``check``
+    (reading that one file) rejects, as ``files`` maps the path read to the path to name (a
+    temporary copy to its source), or their folder. torchvision's exceptions name no file."""
+    try:
+        return read()
+    except Exception as e:  # truncated or garbage files raise anything: assertions, view, unpickling errors
+        culprit, reason = next(iter(files.values())).parent, e
+        for path, named in files.items():
+            try:
+                check(path)
+            except Exception as bad:
+                culprit, reason = named, bad
+                break
+        reason = " ".join(f"{type(reason).__name__}: {reason}".split()).rstrip(": ")[:200]
+        raise CorruptDataError(f"{culprit}: {what} ({reason}); delete it and load again, "
+                               f"or reinstall its source") from None
+
+
 # ---------------------------------------------------------------- Fashion-MNIST (idx files)
 
 def _load_fashion_mnist(root: Path, download: bool):
     raw = root / "FashionMNIST" / "raw"
     found, source = _find_idx_files(raw), str(raw)
     if found is None and _find_idx_files(SYSTEM_FASHION_MNIST) is not None:
-        found = _install_system_copy(raw) or _find_idx_files(SYSTEM_FASHION_MNIST)
-        source = str(SYSTEM_FASHION_MNIST)
+        found, source = _find_idx_files(SYSTEM_FASHION_MNIST), str(SYSTEM_FASHION_MNIST)
     if found is None:
         _download("fashion_mnist", root, download, [str(raw), str(SYSTEM_FASHION_MNIST)])
-        found = _find_idx_files(raw)
-        source = f"{raw} (downloaded)"
-    splits = {}
-    for split, (img_name, lbl_name) in FASHION_MNIST_FILES.items():
-        images = read_idx(found[img_name])
-        labels = read_idx(found[lbl_name])
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise CorruptDataError(f"{found[img_name]} and {found[lbl_name]} do not match "
-                                   f"(images {tuple(images.shape)}, labels {tuple(labels.shape)})")
-        splits[split] = Split(images.unsqueeze(1), labels.long())
-    return splits["train"], splits["test"], FASHION_MNIST_CLASSES, source
+        found, source = _find_idx_files(raw), f"{raw} (downloaded)"
+    with _torchvision_layout(found, raw, install=source == str(SYSTEM_FASHION_MNIST)) as layout:
+        train, test = _read_fashion_mnist(layout, found, train=True), _read_fashion_mnist(layout, found, train=False)
+    return train, test, FASHION_MNIST_CLASSES, source
+
+
+def _read_fashion_mnist(root: Path, found: dict[str, Path], train: bool) -> Split:
+    images_name, labels_name = FASHION_MNIST_FILES["train" if train else "test"]
+    raw = root / "FashionMNIST" / "raw"
+    checks = {raw / images_name: read_image_file, raw / labels_name: read_label_file}
+    ds = _read_or_name(lambda: FashionMNIST(str(root), train=train),
+                       {raw / n: found[n] for n in (images_name, labels_name)}, lambda path: checks[path](str(path)),
+                       "not a whole idx file: truncated or padded, or no idx header")
+    if len(ds.data) != len(ds.targets):
+        raise CorruptDataError(f"{found[images_name]} and {found[labels_name]} do not match "
+                               f"(images {tuple(ds.data.shape)}, labels {tuple(ds.targets.shape)})")
+    return Split(ds.data.unsqueeze(1), ds.targets)
 
 
 FASHION_MNIST_HINT = ("Fashion-MNIST is not on this machine: apt-get install dataset-fashion-mnist "
@@ -257,97 +288,85 @@ def _find_idx_files(folder: Path) -> dict[str, Path] | None:
     return found
 
 
-def _install_system_copy(raw: Path) -> dict[str, Path] | None:
-    """Decompress the system copy into ``raw`` (so torchvision can read it too); None if read-only.
+@contextlib.contextmanager
+def _torchvision_layout(found: dict[str, Path], raw: Path, install: bool):
+    """A root whose ``FashionMNIST/raw/`` holds the four files uncompressed, as torchvision reads them:
+    the data root itself when they are there, the system copy decompressed into ``raw`` when
+    ``install`` (so the next load is direct), else a temporary folder removed after reading (a
+    ``.gz`` in ``raw``, or ``raw`` read-only): files of the data root are never changed.
 
     Debian recompressed the files, so torchvision's md5 check rejects the ``.gz`` as they are;
     decompressed, torchvision loads them without any download.
     """
-    try:
-        raw.mkdir(parents=True, exist_ok=True)
-        for names in FASHION_MNIST_FILES.values():
-            for n in names:
-                tmp = raw / f".{n}.partial"
-                with gzip.open(SYSTEM_FASHION_MNIST / f"{n}.gz", "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                os.replace(tmp, raw / n)
-    except (OSError, EOFError, zlib.error):
-        return None
-    return _find_idx_files(raw)
+    if all(path == raw / name for name, path in found.items()):
+        yield raw.parents[1]
+        return
+    if install:
+        try:
+            _plain_files(found, raw)
+        except OSError:                 # cannot write there
+            pass
+        else:
+            yield raw.parents[1]
+            return
+    with tempfile.TemporaryDirectory() as tmp:
+        _plain_files(found, Path(tmp) / "FashionMNIST" / "raw")
+        yield Path(tmp)
 
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: str | os.PathLike) -> torch.Tensor:
-    """Read an idx file (LeCun's MNIST format), plain or gzipped; errors name the file."""
-    path = Path(path)
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise CorruptDataError(f"{path}: cannot be read ({e}); delete it and load again, "
-                               f"or reinstall its source") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise CorruptDataError(f"{path}: not an idx file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise CorruptDataError(f"{path}: truncated header")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(data) != expected:
-        raise CorruptDataError(f"{path}: truncated or padded: {len(data)} bytes, "
-                               f"expected {expected} for shape {shape}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
+def _plain_files(found: dict[str, Path], raw: Path) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, path in found.items():
+        if path == raw / name:
+            continue
+        try:
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except (OSError, EOFError, zlib.error) as e:
+            raise CorruptDataError(f"{path}: cannot be read ({' '.join(str(e).split())}); delete it and load "
+                                   f"again, or reinstall its source") from None
+        tmp = raw / f".{name}.partial"
+        tmp.write_bytes(data)
+        os.replace(tmp, raw / name)
 
 
 # ---------------------------------------------------------------- CIFAR (python pickles)
 
 def _load_cifar(key: str, root: Path, download: bool):
-    folder_name, train_files, test_files, meta_file, label_key, names_key = CIFAR_LAYOUT[key]
+    folder_name, train_files, test_files, meta_file = CIFAR_LAYOUT[key]
     folder = root / folder_name
     source = str(folder)
     if not all((folder / f).is_file() for f in [*train_files, *test_files, meta_file]):
         _download(key, root, download, [str(folder)])
         source = f"{folder} (downloaded)"
-    train = _read_cifar_batches([folder / f for f in train_files], label_key)
-    test = _read_cifar_batches([folder / f for f in test_files], label_key)
-    meta = _unpickle(folder / meta_file)
-    if names_key not in meta:
-        raise CorruptDataError(f"{folder / meta_file}: no {names_key.decode()} entry")
-    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
-    return train, test, classes, source
+    cls = _CIFAR[key]
+    splits = []
+    for train, files in ((True, train_files), (False, test_files)):
+        ds = _read_or_name(lambda: cls(str(root), train=train), {folder / f: folder / f for f in [*files, meta_file]},
+                           _unpickle, "cannot be unpickled as a CIFAR batch")
+        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2), dtype=np.uint8))
+        if len(images) != len(ds.targets):
+            raise CorruptDataError(f"{folder}: {len(images)} images but {len(ds.targets)} labels")
+        splits.append(Split(images, torch.as_tensor(ds.targets, dtype=torch.long)))
+    return splits[0], splits[1], [str(name) for name in ds.classes], source
 
 
-def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
-        raise CorruptDataError(f"{path}: cannot be unpickled ({type(e).__name__}: {e}); "
-                               f"delete it and load again") from None
-    if not isinstance(obj, dict):
-        raise CorruptDataError(f"{path}: expected a dict, found {type(obj).__name__}")
-    return obj
+def _without_md5(base: type) -> type:
+    """torchvision's CIFAR class without the md5 of every file: that check accepts the published files
+    only, byte for byte, while reading them names a corrupt one, and copies in the same format (a
+    re-pickled batch, the tests' small files) load too. Downloads keep the md5 check."""
+    return type(base.__name__, (base,), {"train_list": [[name, None] for name, _ in base.train_list],
+                                         "test_list": [[name, None] for name, _ in base.test_list],
+                                         "meta": {**base.meta, "md5": None}})
 
 
-def _read_cifar_batches(paths: list[Path], label_key: bytes) -> Split:
-    images, labels = [], []
-    for path in paths:
-        batch = _unpickle(path)
-        if b"data" not in batch or label_key not in batch:
-            raise CorruptDataError(f"{path}: missing 'data' or {label_key.decode()!r}")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch[label_key]):
-            raise CorruptDataError(f"{path}: data of shape {data.shape} does not hold "
-                                   f"{len(batch[label_key])} 32x32 RGB images")
-        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
-        labels.append(torch.as_tensor(batch[label_key], dtype=torch.long))
-    return Split(torch.cat(images), torch.cat(labels))
+_CIFAR = {"cifar10": _without_md5(CIFAR10), "cifar100": _without_md5(CIFAR100)}
+
+
+def _unpickle(path: Path) -> None:
+    """What torchvision does with each file (the check ``_read_or_name`` names a culprit with)."""
+    with open(path, "rb") as f:
+        if not isinstance(pickle.load(f, encoding="latin1"), dict):
+            raise ValueError("not a dict")
 
 
 # ---------------------------------------------------------------- downloads
@@ -361,7 +380,6 @@ def _download(key: str, root: Path, download: bool, searched: list[str]) -> None
     if not download:
         raise DataNotFoundError(f"{key} not found; searched: {'; '.join(searched)}. "
                                 f"Download is disabled: {hint}.")
-    import torchvision  # lazily: only downloads need it
     cls = {"fashion_mnist": torchvision.datasets.FashionMNIST,
            "cifar10": torchvision.datasets.CIFAR10,
            "cifar100": torchvision.datasets.CIFAR100}[key]
@@ -407,19 +425,20 @@ def _folder_classes(folder: Path, at_least: int = 2) -> list[str]:
 
 
 def _read_image_files(folder: Path, classes: list[str], image_size: int) -> Split:
+    """Every image of ``classes`` under ``folder``, listed as ``ImageFolder`` lists them (sorted, sub-folders
+    included), resized as it loads: the images of a folder differ in size."""
     from PIL import Image, UnidentifiedImageError
+    samples = ImageFolder.make_dataset(str(folder), {c: i for i, c in enumerate(classes)},
+                                       is_valid_file=lambda p: Path(p).suffix.lower() in IMAGE_SUFFIXES)
     images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in sorted((folder / cls).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                    images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-            except (OSError, UnidentifiedImageError) as e:
-                raise CorruptDataError(f"{path}: cannot be read as an image ({e})") from None
-            labels.append(label)
+    for path, label in samples:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+        except (OSError, UnidentifiedImageError) as e:
+            raise CorruptDataError(f"{path}: cannot be read as an image ({e})") from None
+        labels.append(label)
     if not images:
         raise DataNotFoundError(f"{folder}: no images found under {', '.join(classes)}")
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.long))

@@ -110,10 +110,10 @@ class Compiler:
     ``dynamic=False``: every new image size (one per progressive stage) compiles its own static
     graph, instead of the dynamic-shape kernels PyTorch switches to after the second size, which
     run slower for the rest of training. ``auto`` compiles with inductor on CUDA and not at all on
-    a CPU, where the first compile takes a minute or more per image size for a 1.16-1.30x faster step
-    on the CPU profiles' networks (nothing for the full V2-S): ``inductor`` opts in; ``aot_eager`` and
-    ``eager`` trace the graph without generating code (the tests' way to check graph capture,
-    graph breaks and recompilation in seconds).
+    a CPU, where compiling every image size costs more than the faster steps win back in the CPU
+    profiles' short runs (``benchmarks/cpu_training.py --only compile`` times both): ``inductor``
+    opts in; ``aot_eager`` and ``eager`` trace the graph without generating code (the tests' way
+    to check graph capture, graph breaks and recompilation quickly).
     """
 
     def __init__(self, mode: str, device: torch.device):

@@ -1,21 +1,24 @@
-"""The optimizer, its learning rate (set before every step by one rule) and the EMA of its weights.
+"""The optimizer, its learning rate (torch.optim.lr_scheduler, per step) and the EMA of its weights.
 
 Weight decay is a progressive-learning regularizer (it changes per stage), so it lives in the
 optimizer's ``scheduled_decay`` group and the trainer sets it at each stage; BatchNorm and biases
-never decay. The learning rate is ``lr x warm-up x decay``, computed per optimizer step:
+never decay. The learning rate is ``lr x warm-up x decay`` at every optimizer step:
 
 - warm-up: linear from ``lr / warmup_steps`` to ``lr`` over ``warmup_epochs`` (fine-tuning a
   pretrained network with a fresh head, or a large batch, needs it);
 - decay: ``exponential`` (``gamma ** epoch``, the coursework's per-epoch ExponentialLR),
-  ``cosine`` (to zero over the run, per step), ``plateau`` (halve after ``patience`` epochs
-  without a better validation accuracy) or ``none``.
+  ``cosine`` (to zero over the run, per step), ``plateau`` (ReduceLROnPlateau: halve after 2
+  epochs without a better validation accuracy) or ``none``.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import (ChainedScheduler, LambdaLR, LRScheduler, MultiplicativeLR, ReduceLROnPlateau,
+                                      SequentialLR)
 
 from .profiles import TrainConfig
 
@@ -44,51 +47,50 @@ def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
             group["weight_decay"] = value
 
 
-class LearningRate:
-    """lr(step) = base x warm-up(step) x decay(step); ``apply(step)`` writes it into the optimizer."""
+# ReduceLROnPlateau as the coursework used it: halve the rate after 2 epochs without a relatively
+# better validation accuracy; eps=0: every halving is applied, however small the rate.
+PLATEAU = {"mode": "max", "factor": 0.5, "patience": 2, "threshold": 1e-4, "threshold_mode": "rel", "eps": 0.0}
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int,
-                 patience: int = 2, factor: float = 0.5):
-        self.optimizer, self.base, self.kind, self.gamma = optimizer, config.lr, config.scheduler, config.gamma
-        self.steps_per_epoch = max(1, steps_per_epoch)
-        self.total_steps = self.steps_per_epoch * config.epochs
-        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
-        self.patience, self.factor = patience, factor
-        self.plateau = {"scale": 1.0, "best": -math.inf, "bad_epochs": 0}
 
-    def at(self, step: int) -> float:
-        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        if self.kind == "exponential":
-            decay = self.gamma ** (step // self.steps_per_epoch)
-        elif self.kind == "cosine":
-            decay = 0.5 * (1 + math.cos(math.pi * min(1.0, step / self.total_steps)))
-        else:
-            decay = self.plateau["scale"]
-        return self.base * warmup * decay
+def lr_schedulers(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                  steps_per_epoch: int) -> tuple[LRScheduler, ReduceLROnPlateau | None]:
+    """The learning rate as torch.optim.lr_scheduler objects: one moved on before every optimizer step
+    after the first (``step_lr``), and for ``plateau`` a ReduceLROnPlateau stepped after validation.
 
-    def apply(self, step: int) -> float:
-        lr = self.at(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+    Per step, LambdaLR sets ``lr x warm-up`` and MultiplicativeLR, chained after it, multiplies that
+    by the decay: in this order the product is bit for bit the one the trainer always computed, so
+    seeded runs keep their weights. ``plateau`` has no per-step decay: after the warm-up, SequentialLR
+    hands over to a MultiplicativeLR of 1, which leaves the rate to ReduceLROnPlateau.
+    """
+    steps_per_epoch = max(1, steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    warm_up = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+    if config.scheduler == "plateau":
+        earliest = PLATEAU["patience"] + 2              # epochs before ReduceLROnPlateau can first halve the rate
+        if warmup_steps > earliest * steps_per_epoch:
+            raise ValueError(f"scheduler plateau may halve the rate after {earliest} epochs, inside a warm-up of "
+                             f"{config.warmup_epochs:g} epochs, which would undo it: warm up for at most {earliest}")
+        steady = MultiplicativeLR(optimizer, lambda step: 1.0)
+        return (SequentialLR(optimizer, [warm_up, steady], milestones=[warmup_steps]),
+                ReduceLROnPlateau(optimizer, **PLATEAU))
 
-    def end_epoch(self, val_accuracy: float) -> None:
-        """ReduceLROnPlateau's rule (mode max, relative threshold 1e-4); other kinds ignore it."""
-        if self.kind != "plateau" or not math.isfinite(val_accuracy):
-            return
-        p = self.plateau
-        if val_accuracy > p["best"] * (1 + 1e-4):
-            p["best"], p["bad_epochs"] = val_accuracy, 0
-        else:
-            p["bad_epochs"] += 1
-            if p["bad_epochs"] > self.patience:
-                p["scale"], p["bad_epochs"] = p["scale"] * self.factor, 0
+    def exponential(step: int) -> float:        # the coursework's ExponentialLR, per epoch
+        return config.gamma ** (step // steps_per_epoch)
 
-    def state_dict(self) -> dict:
-        return dict(self.plateau)
+    def cosine(step: int) -> float:             # to zero at the end of the run
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
 
-    def load_state_dict(self, state: dict) -> None:
-        self.plateau = dict(state)
+    decay = {"exponential": exponential, "cosine": cosine, "none": lambda step: 1.0}[config.scheduler]
+    return ChainedScheduler([warm_up, MultiplicativeLR(optimizer, decay)]), None
+
+
+def step_lr(per_step: LRScheduler) -> None:
+    """Move the rate on to the next optimizer step. A first step that fp16's GradScaler skipped still
+    counts (the rate follows the step count), so torch's warning about the order does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        per_step.step()
 
 
 def ema_of(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
@@ -96,9 +98,10 @@ def ema_of(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMode
 
     At update t the decay is min(decay, (1 + t) / (10 + t)): early updates follow the model
     closely, so the random initial weights and BatchNorm's initial running variance of 1 fade at
-    once. Without it they keep the weight decay**t (3% after 1,700 updates at 0.998), and a late
-    BatchNorm whose true variance is 0.003 normalizes with 0.03: the average predicts at chance.
-    Computed on the device, without a host synchronisation per step.
+    once. Without it they keep the weight decay**t, which fades slowly at a decay near 1, and a
+    late BatchNorm whose true variance is small still normalizes with a share of that initial 1:
+    the average can predict at chance. Computed on the device, without a host synchronisation per
+    step.
     """
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:

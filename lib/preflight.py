@@ -1,6 +1,9 @@
 """Preflight: the profile's real recipe, a few steps at every stage, before a long run starts.
 
-    python -m lib.train --dataset fashion_mnist --profile paper --out runs/paper --preflight
+    python -m lib.preflight --dataset fashion_mnist --profile paper --out runs/paper
+
+It takes ``python -m lib.train``'s arguments (but ``--resume``/``--overwrite``) and gives the same
+one-line refusals.
 
 A student who rents a GPU for a night should learn in minutes, not at the first stage change,
 that the recipe runs. The preflight builds the real model and data pipeline (batch size,
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from .progressive import schedule_from_spec
 from .runs import RunFolder, TrainingError, write_json
 from .train import (apply_stage, build, check_model_settings, checkpoint_state, epoch_generator, load_data,
                     optimizer_step, restore)
+from .train import main as train_main
 
 CPU_BATCH = 8      # images per optimizer step on a CPU: enough to exercise every code path, quick at 200 px
 
@@ -38,7 +43,7 @@ def preflight(config: TrainConfig, out: str | Path, *, steps: int = 3, log=print
     schedule = schedule_from_spec(config.schedule, config.epochs)
     ctx = distributed.setup(config.device)
     if ctx.distributed:
-        raise TrainingError("run the preflight in one process (python -m lib.train ... --preflight), not under torchrun")
+        raise TrainingError("run the preflight in one process (python -m lib.preflight ...), not under torchrun")
     check_model_settings(config, schedule)
     device.precision(config.amp, ctx.device)
     run_batch = config.batch_size
@@ -145,3 +150,13 @@ def training_flops(config: TrainConfig, train_images: int, in_channels: int, num
 def gpu_hours(train_flops: float, peak: float, fraction: float) -> float:
     """An estimate, not a measurement: training FLOPs over the share ``fraction`` of a GPU's peak."""
     return train_flops / (fraction * peak) / 3600
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lib.preflight``: the trainer's command line, with ``preflight`` in place of training."""
+    return train_main(argv, prog="python -m lib.preflight", description=__doc__.splitlines()[0],
+                      run=lambda config, out: preflight(config, out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

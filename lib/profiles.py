@@ -265,24 +265,24 @@ _REGULARIZATION = {"epochs": 20, "limit": 10000, "randaug_ops": 2,
 _REGULARIZATION_ARMS = {f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}}
                         for size in (20, 28) for m in (5, 15)}
 # What each notebook's experiments train on a CPU (the quick and laptop profiles share them), sized
-# so that `make reproduce` stays near 40 minutes on a 2-core CPU. ``floor``: the Fashion-MNIST test
+# to `make reproduce`'s time budget on a 2-core CPU (README). ``floor``: the Fashion-MNIST test
 # accuracy the study's baseline must reach at this budget (its notebook asserts it), so differences
 # from it mean something; None where the budget cannot give a strong baseline (the notebook says so).
-# The EfficientNetV2 studies train the quick network for 3 epochs (2 measured 87.5-87.9%, below the floor).
+# The EfficientNetV2 studies train the quick network for 3 epochs (2 stayed below the floor).
 _STUDY_V2 = {"epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 3e-3, "warmup_epochs": 0.0, "ema_decay": 0.999,
              "tta_flip": True, "randaug_ops": 0, "model_overrides": _QUICK_V2}
 _CPU_STUDIES = {
     # ResNet-50 at 36 px, the moderate regime, 2 seeds side by side (one core each) for 3 epochs of the whole
-    # training split, cosine: over the 88% floor (figures/records/; README "Results" has the numbers and the
-    # machine). 2 epochs had measured 87.3-87.6%, below it. ~48 minutes of both cores on an AVX-512 machine,
-    # about twice that on AVX2: more than `make reproduce` has, so ``kept``: notebook 02 shows these runs,
-    # kept in figures/records/ (made by the notebook itself with `-p retrain True`), and trains only when
-    # asked. (2 epochs on 1,000 images measured 25-39%: a small budget says nothing about ResNets.)
+    # training split, cosine: over the floor (figures/records/; README "Results" has the numbers and the
+    # machine), where 2 epochs stayed below it. That is more than `make reproduce` has, so ``kept``:
+    # notebook 02 shows these runs, kept in figures/records/ (made by the notebook itself with
+    # `-p retrain True`), and trains only when asked. (Trained on a small subset of the images, ResNets
+    # stay far below the floor: a small budget says nothing about them.)
     "baselines": {"models": ["resnet50"], "regimes": ["moderate augmentation"], "seeds": 2, "floor": 0.88,
                   "kept": True, "train": {"epochs": 3, "batch_size": 128, "image_size": 36, "scheduler": "cosine"}},
-    # Table 3's "no fused stages" against V2's fused 1-3; the blog's knobs run on the paper profile (a
-    # first fresh-clone `make reproduce` with dropout 0.6 as a third arm and a small ResNet-50 study was
-    # past 40 minutes with notebook 05 unfinished, on 2 AVX2 cores). The baseline is notebook 04's
+    # Table 3's "no fused stages" against V2's fused 1-3; the blog's knobs run on the paper profile (with
+    # dropout 0.6 as a third arm and a small ResNet-50 study, a fresh-clone `make reproduce` ran past its
+    # budget on 2 AVX2 cores before notebook 05 finished). The baseline is notebook 04's
     # fixed-size arm (the same settings), trained once.
     "ablations": {"seeds": 2, "floor": 0.88, "arms": ["baseline", "fused none"],
                   "train": {**_STUDY_V2, "schedule": {"dropout": 0.1, "drop_path": 0.05, "randaug_magnitude": 0}}},
@@ -332,7 +332,7 @@ PROFILES: dict[str, dict] = {
     },
     "quick": {
         # Minutes on a 2-core CPU. Short runs underfit, so no augmentation beyond crops and flips and no
-        # dropout (they measured worse at this budget), BatchNorm statistics that keep up (momentum 0.1),
+        # dropout (both did worse at this budget), BatchNorm statistics that keep up (momentum 0.1),
         # one image size (progressive resizing lost accuracy here: notebook 04's comparison), an EMA of
         # weights and flip TTA. SGD with Nesterov momentum and weight decay, not Adam: README "Results".
         **_QUICK_RECIPE, **_BUDGET,
@@ -343,8 +343,8 @@ PROFILES: dict[str, dict] = {
         # The best hour of a 2-core CPU: a wider, deeper small-input V2 trained with Algorithm 1
         # (24 -> 28 px, dropout and stochastic depth growing with the size), quick's SGD with weight
         # decay, crops, flips and random erasing (half the images lose one rectangle) instead of
-        # RandAugment, EMA of weights and flip TTA: 94.05% in 46 minutes (AVX-512). README "Results"
-        # has the runs that chose it, one change at a time.
+        # RandAugment, EMA of weights and flip TTA. README "Results" has its accuracy and time and the
+        # runs that chose it, one change at a time.
         "model": "efficientnetv2_s",
         "model_overrides": {"width_mult": 0.5, "depth_mult": 0.25, "small_input": True, "bn_momentum": 0.1},
         "epochs": 42, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "scheduler": "cosine",

@@ -14,7 +14,7 @@ REGULARIZERS = ("randaug_magnitude", "mixup_alpha", "dropout", "drop_path", "wei
 
 
 @dataclass(frozen=True)
-class Stage:
+class TrainingStage:
     """One stage: epochs ``[start_epoch, end_epoch)`` (0-based) and the values used throughout."""
     index: int
     start_epoch: int
@@ -44,7 +44,7 @@ class Schedule(list):
     def epochs(self) -> int:
         return self[-1].end_epoch
 
-    def stage_at(self, epoch: int) -> Stage:
+    def stage_at(self, epoch: int) -> TrainingStage:
         for stage in self:
             if stage.start_epoch <= epoch < stage.end_epoch:
                 return stage
@@ -84,7 +84,7 @@ def algorithm1(epochs: int, num_stages: int, size: tuple[int, int], *,
         image_size = size[0] + (size[1] - size[0]) * t
         if 0 < i < num_stages - 1:
             image_size = size_multiple * round(image_size / size_multiple)
-        stages.append(Stage(i, start, start + length, round(image_size), **values))
+        stages.append(TrainingStage(i, start, start + length, round(image_size), **values))
         start += length
     return _validated(Schedule(stages))
 
@@ -128,7 +128,7 @@ def phase_table(rows: list[dict], epochs: int | None = None) -> Schedule:
             raise ValueError(f"phase {i}: {', '.join(bad) or 'image_size'} must be a number "
                              f"(image_size whole pixels), got {row.get((bad or ['image_size'])[0])!r}")
         values = {k: float(row.get(k, 0)) for k in REGULARIZERS}
-        stages.append(Stage(i, first - 1, last, int(row["image_size"]), **values))
+        stages.append(TrainingStage(i, first - 1, last, int(row["image_size"]), **values))
         expected_first = last + 1
     if not stages:
         raise ValueError("a phase table needs at least one phase")
@@ -155,7 +155,7 @@ def _validated(schedule: Schedule) -> Schedule:
     return schedule
 
 
-# The coursework deck's phase tables (GUIDE.md section 2), as presets.
+# The coursework deck's phase tables (its slides on progressive training), as presets.
 COURSEWORK_TABLES = {
     "fashion_mnist": [
         dict(epochs=(1, 20), image_size=28, randaug_magnitude=5, dropout=0.2, drop_path=0.0, weight_decay=0),

@@ -7,7 +7,7 @@ A run folder holds::
     checkpoints/    epoch_NNNN.pt, the last K kept (and epoch_NNNN_step_BBBBBB.pt after a stop inside an epoch)
     model.pt        the final weights (the EMA weights when EMA is on)
     metrics.json    written last: a folder with it holds a finished run
-    .lock           held (flock) by the one process writing here, removed when it is done
+    .lock           held (filelock's FileLock) by the one process writing here, with its pid; removed when it is done
 
 Every file is written to a temporary name unique to the process and renamed into place, so a
 reader never sees half a file and a kill never leaves one behind under the real name. A write
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import filelock
 import torch
 
 from .profiles import added_settings
@@ -130,17 +130,24 @@ def save_torch(path: Path, obj) -> None:
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
+LOCK_WAIT = 0.5     # seconds a second writer tries before it is refused
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
 def _ours(name: str) -> bool:
     """A file or folder a run of ours writes (a write cut off by SIGKILL included)."""
     return name in OURS or (name.endswith(".partial") and any(name.startswith(f".{n}.") for n in OURS))
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        a, b = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 # ---------------------------------------------------------------- what produced a run
@@ -162,7 +169,8 @@ def cpu_name() -> str:
 
 
 def cpu_flags() -> str:
-    """The vector extensions that decide CPU speed here (AVX2 vs AVX-512 machines run 2x apart)."""
+    """The vector extensions that decide CPU speed here (an AVX-512 machine trains far faster than an
+    AVX2 one), so a time read from a result says on what it was measured."""
     for line in _cpuinfo():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
@@ -297,34 +305,27 @@ class RunFolder:
 
     @contextlib.contextmanager
     def lock(self):
-        """Hold the folder's lock while this process writes into it; a second writer is refused
-        at once with the holder's pid. The holder removes the file when it is done; the operating
-        system releases the lock if the holder dies (the file then stays, and the next run takes it)."""
+        """Hold the folder's lock (filelock's FileLock, an flock) while this process writes into it,
+        with the holder's pid written into the file: a second writer is refused with that pid. The
+        holder removes the file when it is done; the operating system releases the lock if the holder
+        dies (the file then stays, and the next run takes it). A writer that opened a file its holder
+        was just removing waits a moment for the next one instead of being refused (``LOCK_WAIT``)."""
         path = self.path / LOCK
-        while True:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise RunFolderError(f"cannot write in {self.path}: {_reason(e)}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise RunFolderError(f"{self.path} is in use by another training process (pid {holder}); "
-                                     f"wait for it to finish or choose another --out") from None
-            if _same_file(fd, path):
-                break
-            os.close(fd)        # the holder removed the file between our open and our lock: take the new one
+        held = filelock.FileLock(path, timeout=LOCK_WAIT, fallback_to_soft=False, on_acquired=_write_pid)
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self.path.mkdir(parents=True, exist_ok=True)
+            held.acquire()
+        except filelock.Timeout:
+            raise RunFolderError(f"{self.path} is in use by another training process (pid {_read_pid(path)}); "
+                                 f"wait for it to finish or choose another --out") from None
+        except OSError as e:
+            raise RunFolderError(f"cannot write in {self.path}: {_reason(e)}") from None
+        try:
             yield self
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()           # while still locked: a process that opened it meanwhile sees it gone
-            os.close(fd)
+            held.release()
 
     # -- replacing a run without losing it
 

@@ -34,11 +34,11 @@ def run_arms(profile: str, dataset: str, study: str, arms: dict[str, dict], seed
     keeps); an arm whose settings equal a finished run there is not trained again (notebook 05's baseline
     is notebook 04's fixed-size arm on the CPU profiles: same network, recipe, budget and seeds).
     ``train_missing=False`` trains nothing: the rows are the runs found (notebook 02 on a CPU shows the
-    kept ResNet runs, an hour of training, only).
+    kept ResNet runs only, longer than ``make reproduce`` has).
 
     On a CPU the runs go to ``processes`` worker processes (default: one per core, at most 4),
-    each with its share of the threads: on 2 cores, two single-thread runs side by side do ~1.5x
-    the work of one two-thread run (``benchmarks/cpu_training.py --only threads``). Every run
+    each with its share of the threads: single-thread runs side by side do more work than the same
+    runs one after another on all threads (``benchmarks/cpu_training.py --only threads``). Every run
     then shares the machine alike, so their seconds compare with each other.
     """
     jobs = [(arm, seed, config_for(profile, dataset, study, seed=seed, **merge(copy.deepcopy(shared), edits)))

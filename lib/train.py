@@ -30,15 +30,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from . import device, distributed
 from .augment import BatchAugmenter
 from .data import Dataset, DatasetError, DeviceLoader, load_dataset
 from .models import build_model, check_input_size, count_flops, count_parameters
-from .optim import LearningRate, ema_of, make_optimizer, set_weight_decay
+from .optim import ema_of, lr_schedulers, make_optimizer, set_weight_decay, step_lr
 from .profiles import TrainConfig, config_for, safe_settings
-from .progressive import Schedule, Stage, schedule_from_spec
+from .progressive import Schedule, TrainingStage, schedule_from_spec
 from .runs import RunFolder, RunFolderError, TrainingError, command, display_path, environment, resolve, settings_key
 from .stopping import Stop, Stopped, signal_name
 from .transfer import WeightsUnavailable, freeze_backbone, is_weights_name, load_pretrained, pretrained_transforms
@@ -57,7 +58,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: f
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def apply_stage(stage: Stage, model: nn.Module, optimizer, augmenter: BatchAugmenter) -> None:
+def apply_stage(stage: TrainingStage, model: nn.Module, optimizer, augmenter: BatchAugmenter) -> None:
     """Set every scheduled value of Algorithm 1 for this stage, without rebuilding anything."""
     model.set_dropout(stage.dropout)
     model.set_drop_path_rate(stage.drop_path)
@@ -155,7 +156,8 @@ class Training:
     model: nn.Module                    # the plain model: checkpoints, evaluation
     step_model: nn.Module               # what a step calls: DDP- and/or compile-wrapped
     optimizer: torch.optim.Optimizer
-    lr: LearningRate
+    lr: LRScheduler                     # the rate of every step (lib.optim.lr_schedulers)
+    plateau: ReduceLROnPlateau | None   # scheduler plateau: the rule stepped after each validation
     ema: torch.optim.swa_utils.AveragedModel | None
     augmenter: BatchAugmenter
     train_loader: DeviceLoader
@@ -299,6 +301,7 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
     if len(train_loader) == 0:
         raise TrainingError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
     optimizer = make_optimizer(model, config)
+    lr, plateau = lr_schedulers(optimizer, config, len(train_loader))
     ema = ema_of(model, config.ema_decay) if config.ema_decay else None
     step_model = model
     if ctx.distributed:
@@ -314,9 +317,8 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
     augmenter = make_augmenter(config, data, schedule[0], preprocess)
     signature = {"model": config.model, "overrides": config.model_overrides, "num_classes": data.num_classes,
                  "in_channels": unwrap(model).in_channels, "num_params": count_parameters(model)}
-    return Training(config, schedule, ctx, data, model, step_model, optimizer,
-                    LearningRate(optimizer, config, len(train_loader)), ema, augmenter, train_loader,
-                    DeviceLoader(data.val, config.eval_batch_size, shuffle=False),
+    return Training(config, schedule, ctx, data, model, step_model, optimizer, lr, plateau, ema, augmenter,
+                    train_loader, DeviceLoader(data.val, config.eval_batch_size, shuffle=False),
                     device.precision(config.amp, ctx.device), compiler, signature, notes)
 
 
@@ -364,7 +366,12 @@ def restore(t: Training, folder: RunFolder, log) -> None:
                             f"again with --overwrite")
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
-    t.lr.load_state_dict(state["lr"])
+    if set(state["lr"]) != {"per_step", "plateau"}:
+        raise TrainingError(f"{path} holds the learning rate as the trainer kept it before torch.optim.lr_scheduler: "
+                            f"resume it with the version that wrote it, or start again with --overwrite")
+    t.lr.load_state_dict(state["lr"]["per_step"])
+    if t.plateau is not None:
+        t.plateau.load_state_dict(state["lr"]["plateau"])
     if t.ema is not None:
         t.ema.load_state_dict(state["ema"])
     t.precision.scaler.load_state_dict(state.get("scaler") or {})
@@ -435,7 +442,7 @@ def change_size(t: Training, epoch: int, log) -> dict:
     return reading
 
 
-def train_one_epoch(t: Training, stage: Stage, epoch: int, folder: RunFolder, progress: bool,
+def train_one_epoch(t: Training, stage: TrainingStage, epoch: int, folder: RunFolder, progress: bool,
                     stop: Stop | None = None) -> dict:
     """One pass over the training split at this stage's settings: loss, accuracy and speed.
 
@@ -524,7 +531,8 @@ def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple
     With ``accumulate`` = A the batch runs as A micro-batches whose gradients add up to the whole
     batch's (each loss weighted by its share); under torchrun only the last one synchronizes.
     """
-    t.lr.apply(t.steps)
+    if t.steps:                         # building the schedulers set the first step's rate
+        step_lr(t.lr)
     if t.config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     t.optimizer.zero_grad(set_to_none=True)
@@ -548,14 +556,13 @@ def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple
     return torch.stack(losses).sum(), torch.cat(logits)
 
 
-def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_stats: dict, log) -> None:
+def end_epoch(t: Training, folder: RunFolder, stage: TrainingStage, epoch: int, train_stats: dict, log) -> None:
     """Validate, step the plateau rule, log one line, and write the epoch's row and checkpoint."""
     c, data = t.config, t.data
     if c.bn_recalibration and t.ema is not None:     # the averaged weights get statistics of their own
         recalibrate(t, t.ema.module, epoch)
     val_loss, val_acc = (evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast)
                          if len(data.val) else (float("nan"), float("nan")))
-    t.lr.end_epoch(val_acc)
     row = {"epoch": epoch + 1, "stage": stage.index, "image_size": stage.image_size,
            "randaug_magnitude": stage.randaug_magnitude, "mixup_alpha": stage.mixup_alpha,
            "dropout": stage.dropout, "drop_path": stage.drop_path, "weight_decay": stage.weight_decay,
@@ -566,6 +573,8 @@ def end_epoch(t: Training, folder: RunFolder, stage: Stage, epoch: int, train_st
            "train_flops": t.train_flops(stage.image_size, train_stats["images"]),
            "elapsed_seconds": time.perf_counter() - t.started,
            **{k: v for k, v in train_stats.items() if k.startswith(("switch_", "recalibration_"))}}
+    if t.plateau is not None and math.isfinite(val_acc):      # the row keeps the rate this epoch ended with
+        t.plateau.step(val_acc)
     t.history.append(row)
     t.epoch = epoch + 1
     log(f"epoch {epoch + 1:3d}/{c.epochs} @{stage.image_size}px  train {row['train_loss']:.4f} / "
@@ -584,7 +593,8 @@ def checkpoint_state(t: Training) -> dict:
     """Everything ``restore`` needs to continue exactly where this run is."""
     return {"epoch": t.epoch, "steps": t.steps, "signature": t.signature, "identity": t.config.identity(),
             "config": asdict(t.config), "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
-            "lr": t.lr.state_dict(), "ema": t.ema.state_dict() if t.ema is not None else None,
+            "lr": {"per_step": t.lr.state_dict(), "plateau": t.plateau.state_dict() if t.plateau else None},
+            "ema": t.ema.state_dict() if t.ema is not None else None,
             "scaler": t.precision.scaler.state_dict(), "history": t.history}
 
 
@@ -661,8 +671,14 @@ def _numbers(value):
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, *, prog: str = "python -m lib.train", description: str | None = None,
+         run=None) -> int:
+    """The command line: settings from arguments, then ``train``, with every refusal in one line.
+
+    ``run(config, out)`` replaces training, without ``--resume``/``--overwrite``: ``python -m
+    lib.preflight`` passes its own, so the preflight builds on the trainer and not both ways.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="fashion_mnist, cifar10, cifar100 or an image folder")
     p.add_argument("--profile", default="quick", help="smoke, quick, laptop or paper")
     p.add_argument("--study", help="a notebook study's settings on top of the profile's (baselines, ablations, ...)")
@@ -680,11 +696,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field, value as YAML (repeatable): --set ema_decay=0.999 sets one "
                         "whole, --set schedule.dropout=0.3 edits one entry, --set image_size=32 edits the sizes")
-    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (kept until the new one checkpoints)")
-    p.add_argument("--preflight", action="store_true",
-                   help="time a few steps of the real recipe at every stage (and a resume between stages), "
-                        "write OUT/preflight.json, and stop")
+    if run is None:
+        p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (kept until the new one checkpoints)")
     args = p.parse_args(argv)
     try:
         RunFolder(args.out).check_path()          # an empty --out, someone else's folder: before anything loads
@@ -706,9 +721,8 @@ def main(argv: list[str] | None = None) -> int:
                 target = target.setdefault(part, {})
             target[path[-1]] = parse_value(value)
         config = config_for(args.profile, args.dataset, args.study, whole=whole, **edits)
-        if args.preflight:
-            from .preflight import preflight          # the preflight is built from this module's steps
-            preflight(config, args.out)
+        if run is not None:
+            run(config, args.out)
         else:
             train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=sys.stderr.isatty())
     except (ValueError, TrainingError, DatasetError, RunFolderError, WeightsUnavailable) as e:

@@ -1,4 +1,7 @@
 """lib.data on small files in the real on-disk formats, written here, plus the real Fashion-MNIST."""
+import gzip
+import pickle
+import struct
 import urllib.error
 
 import numpy as np
@@ -8,7 +11,7 @@ import torch
 import torchvision
 
 import lib.data as data
-from formats import make_cifar10, make_fashion_mnist, write_idx, write_png
+from formats import make_cifar10, make_cifar100, make_fashion_mnist, write_idx, write_png
 from lib.data import (CorruptDataError, DataNotFoundError, DatasetError, DeviceLoader, Split,
                       UnknownDatasetError, load_dataset, stratified_split)
 
@@ -49,14 +52,49 @@ def test_truncated_file_is_named_and_kept(tmp_path):
     assert bad.exists()
 
 
-def test_idx_size_and_magic_checks(tmp_path):
-    write_idx(tmp_path / "x", np.zeros((3, 2, 2)), gz=False)
-    (tmp_path / "x").write_bytes((tmp_path / "x").read_bytes()[:-1])
-    with pytest.raises(CorruptDataError, match="truncated"):
-        data.read_idx(tmp_path / "x")
-    (tmp_path / "y").write_bytes(b"\x01\x02\x03\x04")
-    with pytest.raises(CorruptDataError, match="magic"):
-        data.read_idx(tmp_path / "y")
+@pytest.mark.parametrize("name, damage", [("t10k-images-idx3-ubyte", lambda b: b[:-1]),
+                                          ("train-labels-idx1-ubyte", lambda b: b + b"\x00"),
+                                          ("train-images-idx3-ubyte", lambda b: b"\x01\x02" + b[2:])],
+                         ids=["truncated", "padded", "bad magic"])
+def test_a_damaged_idx_file_is_named_in_one_line(tmp_path, name, damage):
+    raw = make_fashion_mnist(tmp_path, gz=False)
+    (raw / name).write_bytes(damage((raw / name).read_bytes()))
+    with pytest.raises(CorruptDataError, match="truncated or padded") as err:
+        load_dataset("fashion_mnist", tmp_path, download=False)
+    assert str(err.value).startswith(f"{raw / name}: ") and "\n" not in str(err.value)
+
+
+def idx_array(path) -> np.ndarray:
+    """The test's own reading of an idx file (uint8 only): 4 + 4 x ndim header bytes, then the values."""
+    payload = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    shape = struct.unpack(f">{payload[3]}I", payload[4:4 + 4 * payload[3]])
+    return np.frombuffer(payload, np.uint8, offset=4 + 4 * payload[3]).reshape(shape)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_idx_files_load_bit_for_bit(tmp_path, gz):
+    raw = make_fashion_mnist(tmp_path, gz=gz)
+    ds = load_dataset("fashion_mnist", tmp_path, download=False, val_fraction=0)
+    suffix = ".gz" if gz else ""
+    for split, prefix in ((ds.train, "train"), (ds.test, "t10k")):
+        assert torch.equal(split.images[:, 0], torch.from_numpy(idx_array(raw / f"{prefix}-images-idx3-ubyte{suffix}").copy()))
+        assert split.labels.tolist() == idx_array(raw / f"{prefix}-labels-idx1-ubyte{suffix}").tolist()
+        assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize("key, make, batches", [("cifar10", make_cifar10, ["data_batch_1", "data_batch_2", "data_batch_3",
+                                                                          "data_batch_4", "data_batch_5", "test_batch"]),
+                                               ("cifar100", make_cifar100, ["train", "test"])])
+def test_cifar_pickles_load_bit_for_bit(tmp_path, key, make, batches):
+    folder = make(tmp_path)
+    ds = load_dataset(key, tmp_path, download=False, val_fraction=0)
+    written = [pickle.loads((folder / name).read_bytes(), encoding="bytes") for name in batches]
+    label = b"labels" if key == "cifar10" else b"fine_labels"
+    expected = {"train": written[:-1], "test": written[-1:]}
+    for split, files in ((ds.train, expected["train"]), (ds.test, expected["test"])):
+        assert torch.equal(split.images, torch.from_numpy(np.concatenate([b[b"data"] for b in files]).reshape(-1, 3, 32, 32)))
+        assert split.labels.tolist() == [y for b in files for y in b[label]]
+    assert ds.train.images.dtype == torch.uint8 and ds.classes[3] == ("cat" if key == "cifar10" else "class_03")
 
 
 def test_missing_data_names_every_place_and_the_fix(tmp_path, monkeypatch):
@@ -178,5 +216,8 @@ def test_real_fashion_mnist(fashion_mnist_root, monkeypatch):
     monkeypatch.undo()
     ds = load_dataset("fashion_mnist", fashion_mnist_root, download=False, val_fraction=0)
     assert len(ds.train) == 60000 and len(ds.test) == 10000
+    raw = fashion_mnist_root / "FashionMNIST" / "raw"                 # read here without torchvision: the same values
+    assert torch.equal(ds.train.images[:, 0], torch.from_numpy(idx_array(raw / "train-images-idx3-ubyte").copy()))
+    assert ds.test.labels.tolist() == idx_array(raw / "t10k-labels-idx1-ubyte").tolist()
     assert ds.train.labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
     assert ds.mean[0] == pytest.approx(0.2860, abs=1e-4) and ds.std[0] == pytest.approx(0.3530, abs=1e-4)

@@ -82,7 +82,7 @@ def test_the_preflights_and_the_tests_ran(record):
         rows = parts[name]["rows"]
         assert [r["image_size"] for r in rows] == sizes and all(r["images_per_second"] > 0 for r in rows), name
         assert parts[name]["projected_run_hours"] == pytest.approx(sum(r["projected_run_seconds"] for r in rows) / 3600)
-        assert "--preflight" in parts[name]["command"] and "--profile paper" in parts[name]["command"]
+        assert "-m lib.preflight" in parts[name]["command"] and "--profile paper" in parts[name]["command"]
     assert "real format" in parts["preflight_cifar10"]["note"]
     tests = parts["tests"]
     assert (tests["passed"], tests["failed"], tests["error"]) == (1, 0, 0)

@@ -21,6 +21,7 @@ from formats import make_fashion_mnist
 from lib.profiles import config_for
 from lib.models import build_model
 import lib.train as train_module
+from lib.preflight import main as preflight_main
 from lib.train import main, train
 
 TWO_STAGES = {"num_stages": 2, "size": [20, 28], "randaug_magnitude": [5, 10], "dropout": [0.1, 0.2],
@@ -200,9 +201,10 @@ def test_batch_must_split_into_processes_and_micro_batches(root, tmp_path, capsy
 
 
 def test_preflight_runs_every_stage_and_crosses_each_boundary(root, tmp_path, capsys, device):
-    code = main(["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(tmp_path / "p"), "--preflight",
-                 "--set", f"data_root={root}", "--set", "limit=null", "--epochs", "3",
-                 "--set", "schedule={num_stages: 3, size: [20, 28]}", "--compile", "aot_eager", "--set", "ema_decay=0.99"])
+    code = preflight_main(["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(tmp_path / "p"),
+                           "--set", f"data_root={root}", "--set", "limit=null", "--epochs", "3",
+                           "--set", "schedule={num_stages: 3, size: [20, 28]}", "--compile", "aot_eager",
+                           "--set", "ema_decay=0.99"])
     out = capsys.readouterr().out
     assert code == 0, out
     rows = json.loads((tmp_path / "p" / "preflight.json").read_text())
@@ -223,8 +225,8 @@ def test_preflight_runs_every_stage_and_crosses_each_boundary(root, tmp_path, ca
 
 
 def test_preflight_refuses_what_training_refuses(root, tmp_path, capsys):
-    base = ["--dataset", "fashion_mnist", "--out", str(tmp_path / "p"), "--preflight", "--set", f"data_root={root}"]
-    assert main(base + ["--profile", "huge"]) == 2
+    base = ["--dataset", "fashion_mnist", "--out", str(tmp_path / "p"), "--set", f"data_root={root}"]
+    assert preflight_main(base + ["--profile", "huge"]) == 2
     assert "unknown profile 'huge'" in capsys.readouterr().err
-    assert main(base + ["--profile", "smoke", "--set", "model_overrides={width_mult: 0.25, depth_mult: 0.1}"]) == 2
+    assert preflight_main(base + ["--profile", "smoke", "--set", "model_overrides={width_mult: 0.25, depth_mult: 0.1}"]) == 2
     assert "below efficientnetv2_s's minimum 33 px" in capsys.readouterr().err

@@ -23,6 +23,7 @@ import lib.data as data
 import lib.runs as runs
 import lib.train as train_module
 from formats import make_fashion_mnist, write_idx, write_png
+from lib.preflight import main as preflight_main
 from lib.profiles import config_for
 from lib.stopping import Stop
 from lib.train import Diverged, main, train
@@ -166,6 +167,8 @@ CASES = [
     ("overwrite with a missing dataset", ["--overwrite", "--dataset", "cifar100", "--set", "download=false"],
      "cifar100 not found", "finished"),
     ("overwrite with a bad schedule", ["--overwrite", "--set", "schedule={size: [28, 20]}"], "shrinks", "finished"),
+    ("resume a checkpoint of the hand-written learning rate", ["--resume"], "before torch.optim.lr_scheduler",
+     "old lr state"),
     ("resume with another lr", ["--resume", "--lr", "5e-4"], "was trained with other settings (lr: 0.001 -> 0.0005", "unfinished"),
     ("resume into another model", ["--resume", "--set", "model_overrides={width_mult: 0.5, depth_mult: 0.1, small_input: true}"],
      "holds a checkpoint of", "unfinished"),
@@ -191,10 +194,14 @@ def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, r
         for name in ("notes.md", "a.txt", "photo.jpg", ".hidden"):
             (out / name).parent.mkdir(exist_ok=True)
             (out / name).write_text(name)
-    if start in ("finished", "unfinished"):
+    if start in ("finished", "unfinished", "old lr state"):
         shutil.copytree(finished_run, out)
-        if start == "unfinished":
+        if start != "finished":
             unfinished(out)
+        if start == "old lr state":            # what lib.optim.LearningRate kept before torch's schedulers
+            last = sorted((out / "checkpoints").glob("epoch_*.pt"))[-1]
+            state = torch.load(last, weights_only=False)
+            torch.save({**state, "lr": {"scale": 1.0, "best": 0.1, "bad_epochs": 0}}, last)
     elif start == "file":
         out.write_text("not a folder")
     elif start == "under a file":
@@ -206,7 +213,8 @@ def test_bad_input_is_one_line_and_loses_nothing(name, extra, expected, start, r
         extra = [*extra, "--dataset", str(roots / start)]
     watched = out if start not in ("", "  ", "repository") and out.exists() else tmp_path / "none"
     before = snapshot(watched, roots)
-    code = main(base_args(root, out, *extra))
+    entry = preflight_main if "--preflight" in extra else main     # python -m lib.preflight takes the same arguments
+    code = entry(base_args(root, out, *[a for a in extra if a != "--preflight"]))
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
@@ -249,26 +257,18 @@ def test_unwritable_out_is_one_line(roots, capsys, no_system_copy):
     assert err.startswith(f"error: cannot write in {target}") and err.count("\n") == 1, err
 
 
-def test_the_lock_file_goes_with_its_holder_and_a_removed_one_is_never_held(tmp_path, monkeypatch):
+def test_the_lock_file_goes_with_its_holder_and_a_dead_holders_file_is_taken_over(tmp_path):
     folder = runs.RunFolder(tmp_path / "run")
     with folder.lock():
         assert (folder.path / runs.LOCK).read_text() == str(os.getpid())
         with pytest.raises(runs.RunFolderError, match=f"in use by another training process \\(pid {os.getpid()}\\)"):
             with runs.RunFolder(folder.path).lock():
                 pass
-        assert (folder.path / runs.LOCK).exists()                      # a refused writer leaves the holder's file
+        assert (folder.path / runs.LOCK).read_text() == str(os.getpid())   # a refused writer leaves the holder's file
     assert not (folder.path / runs.LOCK).exists()
-    real, calls = runs.fcntl.flock, []
-
-    def holder_leaves(fd, op):         # the holder finishes between our open and our flock: removes its file
-        calls.append(fd)
-        if len(calls) == 1:
-            (folder.path / runs.LOCK).unlink()
-            (folder.path / runs.LOCK).write_text("")                   # and the next run creates a new one
-        return real(fd, op)
-    monkeypatch.setattr(runs.fcntl, "flock", holder_leaves)
+    (folder.path / runs.LOCK).write_text("4194304")       # a holder killed by SIGKILL leaves its file, unlocked
     with folder.lock():
-        assert len(calls) == 2 and (folder.path / runs.LOCK).read_text() == str(os.getpid())
+        assert (folder.path / runs.LOCK).read_text() == str(os.getpid())
     assert not (folder.path / runs.LOCK).exists()
 
 

@@ -1,7 +1,7 @@
 """`make slides`: executed notebooks become reveal.js decks that render offline, figures included,
 and the cells tagged ``talk`` become one more deck, the talk.
 
-Everything goes through ``python -m lib.slides SRC_DIR OUT_DIR``, the command `make slides` runs.
+Everything goes through ``python scripts/slides.py SRC_DIR OUT_DIR``, the command `make slides` runs.
 Synthetic notebooks check which cells each deck takes. The rendering test uses notebook 01 executed
 once per session (smoke profile, ~25 s, ``executed_01`` in conftest.py), exports it with three cells
 tagged for the talk, and looks at both decks in headless Chromium with every host name unresolvable:
@@ -10,6 +10,7 @@ each must start (reveal adds ``ready``), show its figure slide, and the screensh
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import re
@@ -24,9 +25,13 @@ import pytest
 from PIL import Image
 
 from headless import chrome, pixels
-from lib import slides
 
-REPO = Path(slides.__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "slides.py"
+# The deck builder is a script, not a module of the library: its functions are loaded from its file.
+_spec = importlib.util.spec_from_file_location("slides", SCRIPT)
+slides = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(slides)
 REMOTE_TAG = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']?((?:[a-z][a-z0-9+.-]*:)?//[^"'\s>]+)""",
                         re.I)
 
@@ -44,9 +49,9 @@ def vendor_cache():
 
 
 def _export(src: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, "-m", "lib.slides", str(src), str(out), *extra], cwd=REPO,
+    run = subprocess.run([sys.executable, str(SCRIPT), str(src), str(out), *extra], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, f"python -m lib.slides failed:\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, f"python scripts/slides.py failed:\n{run.stderr[-3000:]}"
     return run
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from .blocks import check_input_size, make_divisible
 from .counting import count_flops, count_parameters, feature_map_sizes
 from .efficientnet import (B_COEFFICIENTS, EFFICIENTNET_B0, EFFICIENTNETV2_L, EFFICIENTNETV2_M,
-                           EFFICIENTNETV2_S, PAPER_FUSED_SETTINGS, VARIANTS, EfficientNet, Stage,
+                           EFFICIENTNETV2_S, PAPER_FUSED_SETTINGS, VARIANTS, EfficientNet, StageRow,
                            build_efficientnet, describe_stages, scale_table, with_fused_stages)
 from .resnet import RESNETS, build_resnet
 from .torchvision_compat import load_torchvision_weights
@@ -55,7 +55,7 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **overrides) 
 __all__ = [
     "MODEL_NAMES", "build_model", "count_parameters", "count_flops", "feature_map_sizes", "load_torchvision_weights",
     "check_input_size", "describe_stages", "scale_table", "with_fused_stages", "make_divisible",
-    "EfficientNet", "Stage", "VARIANTS", "B_COEFFICIENTS", "PAPER_FUSED_SETTINGS",
+    "EfficientNet", "StageRow", "VARIANTS", "B_COEFFICIENTS", "PAPER_FUSED_SETTINGS",
     "EFFICIENTNETV2_S", "EFFICIENTNETV2_M", "EFFICIENTNETV2_L", "EFFICIENTNET_B0",
     "build_efficientnet", "build_resnet", "RESNETS",
 ]

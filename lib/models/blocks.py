@@ -52,8 +52,8 @@ class _SmallMapDepthwise(torch.autograd.Function):
     """Depthwise convolution whose weight gradient is summed tap by tap.
 
     oneDNN's CPU kernel for that gradient falls to a slow path when the feature map is smaller
-    than the kernel (EfficientNet's last stages are 1x1-2x2 at 28-32 px input): 40-55 ms for
-    256 x 528 x 2 x 2, against 2.5 ms as k*k products and sums (``benchmarks/cpu_training.py``).
+    than the kernel (EfficientNet's last stages are 1x1-2x2 at 28-32 px input); as k*k products and
+    sums it is many times faster (``benchmarks/cpu_training.py`` times both).
     Forward and input gradient are PyTorch's own kernels; the result is the same up to rounding.
     """
 

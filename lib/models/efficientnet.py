@@ -22,7 +22,7 @@ from .regularization import ScheduledRegularization
 
 
 @dataclass(frozen=True)
-class Stage:
+class StageRow:
     """One row of paper Table 4: ``layers`` blocks; the first has ``stride``, the rest stride 1."""
 
     block: str        # "fused" (Fused-MBConv) or "mb" (MBConv)
@@ -34,45 +34,45 @@ class Stage:
     se: float         # squeeze-and-excitation ratio of the block *input* channels; 0 = no SE
 
 
-#                  block  e  k  s    c    n    se
+#                     block  e  k  s    c    n    se
 EFFICIENTNETV2_S = (
-    Stage("fused", 1, 3, 1,  24,  2, 0.00),
-    Stage("fused", 4, 3, 2,  48,  4, 0.00),
-    Stage("fused", 4, 3, 2,  64,  4, 0.00),
-    Stage("mb",    4, 3, 2, 128,  6, 0.25),
-    Stage("mb",    6, 3, 1, 160,  9, 0.25),
-    Stage("mb",    6, 3, 2, 256, 15, 0.25),
+    StageRow("fused", 1, 3, 1,  24,  2, 0.00),
+    StageRow("fused", 4, 3, 2,  48,  4, 0.00),
+    StageRow("fused", 4, 3, 2,  64,  4, 0.00),
+    StageRow("mb",    4, 3, 2, 128,  6, 0.25),
+    StageRow("mb",    6, 3, 1, 160,  9, 0.25),
+    StageRow("mb",    6, 3, 2, 256, 15, 0.25),
 )
 
 EFFICIENTNETV2_M = (
-    Stage("fused", 1, 3, 1,  24,  3, 0.00),
-    Stage("fused", 4, 3, 2,  48,  5, 0.00),
-    Stage("fused", 4, 3, 2,  80,  5, 0.00),
-    Stage("mb",    4, 3, 2, 160,  7, 0.25),
-    Stage("mb",    6, 3, 1, 176, 14, 0.25),
-    Stage("mb",    6, 3, 2, 304, 18, 0.25),
-    Stage("mb",    6, 3, 1, 512,  5, 0.25),
+    StageRow("fused", 1, 3, 1,  24,  3, 0.00),
+    StageRow("fused", 4, 3, 2,  48,  5, 0.00),
+    StageRow("fused", 4, 3, 2,  80,  5, 0.00),
+    StageRow("mb",    4, 3, 2, 160,  7, 0.25),
+    StageRow("mb",    6, 3, 1, 176, 14, 0.25),
+    StageRow("mb",    6, 3, 2, 304, 18, 0.25),
+    StageRow("mb",    6, 3, 1, 512,  5, 0.25),
 )
 
 EFFICIENTNETV2_L = (
-    Stage("fused", 1, 3, 1,  32,  4, 0.00),
-    Stage("fused", 4, 3, 2,  64,  7, 0.00),
-    Stage("fused", 4, 3, 2,  96,  7, 0.00),
-    Stage("mb",    4, 3, 2, 192, 10, 0.25),
-    Stage("mb",    6, 3, 1, 224, 19, 0.25),
-    Stage("mb",    6, 3, 2, 384, 25, 0.25),
-    Stage("mb",    6, 3, 1, 640,  7, 0.25),
+    StageRow("fused", 1, 3, 1,  32,  4, 0.00),
+    StageRow("fused", 4, 3, 2,  64,  7, 0.00),
+    StageRow("fused", 4, 3, 2,  96,  7, 0.00),
+    StageRow("mb",    4, 3, 2, 192, 10, 0.25),
+    StageRow("mb",    6, 3, 1, 224, 19, 0.25),
+    StageRow("mb",    6, 3, 2, 384, 25, 0.25),
+    StageRow("mb",    6, 3, 1, 640,  7, 0.25),
 )
 
 # EfficientNet-B0 (V1 paper Table 1): MBConv everywhere, kernel 5 in stages 3, 5, 6.
 EFFICIENTNET_B0 = (
-    Stage("mb", 1, 3, 1,  16, 1, 0.25),
-    Stage("mb", 6, 3, 2,  24, 2, 0.25),
-    Stage("mb", 6, 5, 2,  40, 2, 0.25),
-    Stage("mb", 6, 3, 2,  80, 3, 0.25),
-    Stage("mb", 6, 5, 1, 112, 3, 0.25),
-    Stage("mb", 6, 5, 2, 192, 4, 0.25),
-    Stage("mb", 6, 3, 1, 320, 1, 0.25),
+    StageRow("mb", 1, 3, 1,  16, 1, 0.25),
+    StageRow("mb", 6, 3, 2,  24, 2, 0.25),
+    StageRow("mb", 6, 5, 2,  40, 2, 0.25),
+    StageRow("mb", 6, 3, 2,  80, 3, 0.25),
+    StageRow("mb", 6, 5, 1, 112, 3, 0.25),
+    StageRow("mb", 6, 5, 2, 192, 4, 0.25),
+    StageRow("mb", 6, 3, 1, 320, 1, 0.25),
 )
 
 
@@ -85,7 +85,7 @@ class Variant:
     those weights reproduce torchvision's outputs exactly.
     """
 
-    table: tuple[Stage, ...]
+    table: tuple[StageRow, ...]
     stem: int
     head: int
     dropout: float
@@ -121,8 +121,8 @@ for _name, (_w, _d, _r, _p) in B_COEFFICIENTS.items():
 
 # --------------------------------------------------------------------------- table edits
 
-def scale_table(table: Sequence[Stage], width_mult: float = 1.0,
-                depth_mult: float = 1.0) -> tuple[Stage, ...]:
+def scale_table(table: Sequence[StageRow], width_mult: float = 1.0,
+                depth_mult: float = 1.0) -> tuple[StageRow, ...]:
     """Compound scaling (EfficientNet V1): channels -> make_divisible(c * width, 8) with the 10%
     rule; layers -> ceil(n * depth). ``depth_mult=0.5`` halves every stage (rounding up),
     ``depth_mult=0.1`` leaves one block per stage."""
@@ -166,9 +166,9 @@ def parse_fused_stages(fused: str | Iterable[int], num_stages: int) -> frozenset
     return stages
 
 
-def with_fused_stages(table: Sequence[Stage], fused: str | Iterable[int],
+def with_fused_stages(table: Sequence[StageRow], fused: str | Iterable[int],
                       fused_se: float = 0.0, mb_se: float = 0.25,
-                      fused_kernel: int | None = None) -> tuple[Stage, ...]:
+                      fused_kernel: int | None = None) -> tuple[StageRow, ...]:
     """Paper Table 3 as a table edit: stages in ``fused`` (1-based) become Fused-MBConv, all
     others MBConv. Converted rows keep e, s, c, n; a row that changes kind gets that kind's
     SE ratio (``fused_se``: 0 as in EfficientNetV2; ``mb_se``: 0.25). Unchanged rows are kept.
@@ -198,7 +198,7 @@ class EfficientNet(ScheduledRegularization, nn.Module):
     follows from the total stride (``blocks.min_input_size``).
     """
 
-    def __init__(self, table: Sequence[Stage], num_classes: int, stem: int, head: int = 1280,
+    def __init__(self, table: Sequence[StageRow], num_classes: int, stem: int, head: int = 1280,
                  in_channels: int = 3, dropout: float = 0.2, drop_path_rate: float = 0.2,
                  bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM, stem_stride: int = 2):
         super().__init__()
@@ -260,7 +260,8 @@ def build_efficientnet(name: str, num_classes: int, in_channels: int = 3, *,
     ``width_mult`` / ``depth_mult`` replace the variant's compound-scaling coefficients (1.0 for
     V2; e.g. 1.4 / 1.8 for B4) and scale stem, stages and head.
     ``fused_stages`` re-fuses stages (see ``with_fused_stages``). ``bn_momentum`` is PyTorch's
-    (0.01 = TF's 0.99); runs of ~100 steps need ~0.1 for the running statistics to catch up.
+    (0.01 = TF's 0.99); short runs need a larger one (the CPU profiles' 0.1) for the running
+    statistics to catch up with the weights.
 
     ``small_input=True`` sets the stem stride to 1, halving the total stride (32 -> 16), so that
     28-32 px images (Fashion-MNIST, CIFAR) keep a 2x2 last feature map and every layer's

@@ -1,7 +1,8 @@
-"""Executed notebooks -> reveal.js decks that open offline: ``python -m lib.slides SRC_DIR OUT_DIR``.
+"""Executed notebooks -> reveal.js decks that open offline: ``python scripts/slides.py SRC_DIR OUT_DIR``.
 
-``make slides`` and ``tests/test_slides.py`` both run this module, so what the test renders is what
-the command writes. For every ``NN_name.ipynb`` in SRC_DIR it writes ``OUT_DIR/NN_name.slides.html``
+``make slides`` and ``tests/test_slides.py`` both run this script, so what the test renders is what
+the command writes. A tool of the repository, not of the library: no notebook and nothing in
+``lib/`` imports it. For every ``NN_name.ipynb`` in SRC_DIR it writes ``OUT_DIR/NN_name.slides.html``
 and copies the JavaScript/CSS the decks load into ``OUT_DIR/vendor/``: the folder can be zipped and
 opened anywhere, with no network.
 
@@ -44,8 +45,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .runs import REPO_ROOT
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 VENDOR_CACHE = REPO_ROOT / "build" / "vendor"
 
 # npm package -> pinned version. reveal.js 4.x keeps the layout nbconvert's template expects:
@@ -199,7 +199,7 @@ def _write_deck(exporter, nb, name: str, title: str, out_dir: Path) -> Path:
     remote = remote_urls(html)
     if remote:
         raise SystemExit(f"{name}: the deck would load {', '.join(sorted(set(remote)))} "
-                         f"from the network; lib/slides.py must vendor it")
+                         f"from the network; scripts/slides.py must vendor it")
     missing = [u for u in loaded_urls(html) if u.startswith("vendor/") and not (out_dir / u.split("?")[0]).is_file()]
     if missing:
         raise SystemExit(f"{name}: the deck loads {', '.join(missing)}, missing from {out_dir / 'vendor'}")
@@ -295,7 +295,7 @@ def export(src_dir: Path, out_dir: Path, code: bool = False, cache: Path = VENDO
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.slides", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python scripts/slides.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src_dir", type=Path, help="folder of executed notebooks (NN_name.ipynb)")
     parser.add_argument("out_dir", type=Path, help="where the decks and vendor/ go")
