@@ -322,7 +322,7 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
                     device.precision(config.amp, ctx.device), compiler, signature, notes)
 
 
-def make_augmenter(config: TrainConfig, data: Dataset, stage: Stage, preprocess=None) -> BatchAugmenter:
+def make_augmenter(config: TrainConfig, data: Dataset, stage: TrainingStage, preprocess=None) -> BatchAugmenter:
     """The training augmentation of ``config`` at ``stage``'s values (what a step receives)."""
     augmenter = BatchAugmenter(data.num_classes, stage.image_size, data.mean, data.std,
                                num_ops=config.randaug_ops, padding=config.crop_padding, flip=config.flip,
