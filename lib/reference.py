@@ -58,3 +58,15 @@ def draw_linear(ax, accuracy: float, *, percent: bool = True, vertical: bool = F
     value = accuracy * (100 if percent else 1)
     line = ax.axvline if vertical else ax.axhline
     line(value, color="0.45", ls=":", lw=1.4, label=f"linear model on pixels: {accuracy:.1%}")
+
+
+# Paper Table 3 as printed there: EfficientNet-B4 on ImageNet with Fused-MBConv in the first
+# stages (``lib.models.PAPER_FUSED_SETTINGS``); notebooks 03 and 05 show it beside our numbers.
+PAPER_TABLE3 = {
+    "setting": ("none", "1-3", "1-5", "1-7"),
+    "paper params (M)": (19.3, 20.0, 43.4, 132.0),
+    "paper GMACs": (4.5, 7.5, 21.3, 34.4),
+    "paper top-1 (%)": (82.8, 83.1, 83.1, 81.7),
+    "paper TPU img/s": (262, 362, 327, 254),
+    "paper V100 img/s": (155, 216, 223, 206),
+}

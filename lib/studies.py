@@ -8,6 +8,7 @@ difference counts only when the arms' seed ranges do not overlap; otherwise it i
 from __future__ import annotations
 
 import copy
+import json
 import multiprocessing
 import os
 import re
@@ -16,9 +17,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .augment import BatchAugmenter
+from .data import load_dataset
+from .models import build_model
 from .profiles import TrainConfig, config_for, merge, study
 from .progressive import REGULARIZERS, schedule_from_spec
-from .runs import RunFolder, display_path, resolve
+from .runs import RunFolder, display_path, finished_runs, resolve
 from .train import run_or_reuse
 
 SUMMARY_COLUMNS = ["seeds", "test_accuracy_mean", "test_accuracy_std", "test_accuracy_min", "test_accuracy_max"]
@@ -241,11 +245,8 @@ def study_table(profile: str, dataset: str, name: str, runs: pd.DataFrame) -> pd
 
 
 def machine_of(runs: pd.DataFrame) -> str:
-    """The machine the runs trained on, in words, from the first run's ``metrics.json``."""
-    if not len(runs):
-        return "no runs"
-    env = RunFolder(resolve(runs.run_dir.iloc[0])).read_json("metrics.json").get("environment", {})
-    return f"{env.get('device', '?')}, {env.get('cpu_count', '?')} cores ({env.get('cpu_flags') or 'no flags read'})"
+    """The machine the runs trained on, in words (``machine``), from the first run."""
+    return run_machine(runs.run_dir.iloc[0]) if len(runs) else "no runs"
 
 
 def comparison_record(runs: pd.DataFrame, table: pd.DataFrame, target: float, baseline: str) -> dict:
@@ -268,3 +269,140 @@ def comparison_record(runs: pd.DataFrame, table: pd.DataFrame, target: float, ba
 
 def _number(value) -> float | None:
     return None if pd.isna(value) else float(value)
+# ---------------------------------------------------------------- what the notebooks show of a study
+
+def arm_configs(profile: str, dataset: str, study: str, arms: dict[str, dict], seed: int = 0,
+                **shared) -> dict[str, TrainConfig]:
+    """Each arm's settings as ``run_arms`` trains them, at ``seed``: what ``plan_table`` shows."""
+    return {arm: config_for(profile, dataset, study, seed=seed, **merge(copy.deepcopy(shared), edits))
+            for arm, edits in arms.items()}
+
+
+def plan_table(configs: dict[str, TrainConfig], seeds: list[int]) -> pd.DataFrame:
+    """A study's design before it trains: per arm the network, seeds, epochs, image sizes, batch,
+    optimizer, training images and regularization, so every number further down says what it
+    is of."""
+    def first_to_last(values) -> str:
+        values = list(dict.fromkeys(values))
+        return " -> ".join(f"{v:g}" for v in values)
+
+    rows = []
+    for arm, c in configs.items():
+        stages = schedule_from_spec(c.schedule, c.epochs).rows()
+        scale = {k: v for k, v in c.model_overrides.items() if k in ("width_mult", "depth_mult")}
+        rows.append({"arm": arm, "model": c.model + "".join(f", {k} {v:g}" for k, v in scale.items()),
+                     "seeds": ", ".join(map(str, seeds)), "epochs": c.epochs,
+                     "image size (px)": first_to_last(s["image_size"] for s in stages),
+                     "batch": c.batch_size, "optimizer": f"{c.optimizer}, lr {c.lr:g}",
+                     "images per split": "all" if c.limit is None else c.limit,
+                     "dropout": first_to_last(s["dropout"] for s in stages),
+                     "stochastic depth": first_to_last(s["drop_path"] for s in stages)})
+    return pd.DataFrame(rows).set_index("arm")
+
+
+VERDICT_WORDS = {"higher": "higher, by more than the seed-to-seed spread",
+                 "lower": "lower, by more than the seed-to-seed spread",
+                 "within noise": "within the seed-to-seed spread: no difference shown"}
+
+
+def verdict_sentence(summary: pd.DataFrame, arm: str, against: str, by: str = "arm") -> str:
+    """``verdict`` as the sentence a notebook prints: both arms' means and seed ranges, the gap
+    in points and what the seeds allow to say about it."""
+    rows = summary.set_index(by)
+
+    def described(name: str) -> str:
+        r = rows.loc[name]
+        return (f"{r.test_accuracy_mean:.2%} (seeds {r.test_accuracy_min:.2%}"
+                f"-{r.test_accuracy_max:.2%})")
+
+    gap = (rows.loc[arm].test_accuracy_mean - rows.loc[against].test_accuracy_mean) * 100
+    words = VERDICT_WORDS[verdict(summary, arm, against, by)]
+    return f"{arm}: {described(arm)} against {against}: {described(against)}, {gap:+.2f} points, {words}."
+
+
+def per_run_table(*roots: str | Path) -> pd.DataFrame:
+    """One row per finished run under ``roots`` (``runs.finished_runs``: a later root's copy of a
+    run wins): what it trained, what it measured, on which machine and by which command."""
+    rows = []
+    for relative, path in finished_runs(*roots).items():
+        m = json.loads(path.read_text())
+        if "test_accuracy" not in m:
+            continue
+        rows.append(_run_row(relative.parts, m, path.with_name("config.json")))
+    return pd.DataFrame(rows, columns=PER_RUN_COLUMNS)
+
+
+PER_RUN_COLUMNS = ["dataset", "model", "profile", "recipe", "settings", "seed", "test accuracy",
+                   "epochs", "wall seconds", "train_flops", "hardware", "torch", "command"]
+
+
+def _run_row(parts: tuple[str, ...], m: dict, config: Path) -> dict:
+    """A run folder is ``<dataset>/<profile>/<experiment...>/<seed and settings key>``."""
+    experiment = parts[2:-1] if parts[-1].startswith("seed") else parts[2:]
+    identity = json.loads(config.read_text()).get("identity", {}) if config.is_file() else {}
+    settings = {k: v for k, v in identity.items() if k != "seed"}
+    return {"dataset": m.get("dataset", parts[0]), "model": m.get("model", "?"),
+            "profile": m.get("profile") or parts[1], "recipe": "/".join(experiment) or parts[-1],
+            "settings": json.dumps(settings, sort_keys=True, default=str), "seed": m.get("seed"),
+            "test accuracy": m["test_accuracy"], "epochs": m.get("epochs"),
+            "wall seconds": m["wall_seconds"], "train_flops": m.get("train_flops"),
+            "hardware": machine(m), "torch": m.get("environment", {}).get("torch"),
+            "command": m.get("command", "?")}
+
+
+def machine(metrics: dict) -> str:
+    """The machine a run measured its seconds on, from its metrics: CPU or GPU name, cores and the
+    vector extensions that set a CPU's speed."""
+    env = metrics.get("environment", {})
+    name = f"{env.get('device', metrics.get('device', '?'))}, {env.get('cpu_count', '?')} CPU cores"
+    return name + (f" ({env['cpu_flags']})" if env.get("cpu_flags") else "")
+
+
+def run_machine(run_dir: str | Path) -> str:
+    """``machine`` of the finished run in ``run_dir``."""
+    return machine(json.loads((resolve(run_dir) / "metrics.json").read_text()))
+
+
+def recipes_table(per_run: pd.DataFrame) -> pd.DataFrame:
+    """One row per recipe: the runs whose settings differ in nothing but the seed, as their
+    number of seeds, mean, spread and range of test accuracy, mean time and compute."""
+    keys = ["dataset", "model", "profile", "recipe", "settings"]
+    grouped = per_run.groupby(keys, sort=False)
+    table = grouped.agg(seeds=("seed", "count"), test_accuracy_mean=("test accuracy", "mean"),
+                        test_accuracy_std=("test accuracy", "std"),
+                        test_accuracy_min=("test accuracy", "min"),
+                        test_accuracy_max=("test accuracy", "max"), epochs=("epochs", "first"),
+                        wall_seconds=("wall seconds", "mean"), train_flops=("train_flops", "mean"),
+                        hardware=("hardware", "first"), torch=("torch", "first"),
+                        command=("command", "first")).reset_index()
+    table["test_accuracy_std"] = table.test_accuracy_std.fillna(0.0)
+    return table.drop(columns="settings")
+
+
+def predict_test_split(run_dir: str | Path, data_root: str | Path = "data"):
+    """A finished run's predictions on its hold-out test split, from its ``model.pt`` and
+    ``config.json``: the same weights, split, preprocessing and flip TTA as its own test number.
+    Returns (the Dataset, the predicted classes)."""
+    folder = resolve(run_dir)
+    saved = json.loads((folder / "config.json").read_text())
+    c, signature = saved["config"], saved["signature"]
+    if c.get("pretrained") or c.get("preprocessing") == "weights":
+        raise ValueError(f"{display_path(folder)} uses pretrained preprocessing: not read here")
+    data = load_dataset(c["dataset"], resolve(data_root), val_fraction=c["val_fraction"],
+                        seed=c["seed"], limit=c["limit"], download=False)
+    model = build_model(signature["model"], signature["num_classes"], signature["in_channels"],
+                        **signature["overrides"])
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    size = saved["schedule"][-1]["image_size"]
+    transform = BatchAugmenter(data.num_classes, size, data.mean, data.std,
+                               resize_mode=c.get("resize_mode", "resize")).eval_transform
+    predicted = []
+    with torch.no_grad():
+        model.eval()
+        for start in range(0, len(data.test), 500):
+            x = transform(data.test.images[start:start + 500])
+            logits = model(x)
+            if c.get("tta_flip"):
+                logits = (logits + model(x.flip(3))) / 2
+            predicted.append(logits.argmax(1))
+    return data, torch.cat(predicted)
