@@ -273,7 +273,7 @@ _STUDY_V2 = {"epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 3e-3, "w
              "tta_flip": True, "randaug_ops": 0, "model_overrides": _QUICK_V2}
 _CPU_STUDIES = {
     # ResNet-50 at 36 px, the moderate regime, 2 seeds side by side (one core each) for 3 epochs of the whole
-    # training split, cosine: over the floor (figures/records/; README "Results" has the numbers and the
+    # training split, cosine: over the floor (figures/records/; docs/results.md has the numbers and the
     # machine), where 2 epochs stayed below it. That is more than `make reproduce` has, so ``kept``:
     # notebook 02 shows these runs, kept in figures/records/ (made by the notebook itself with
     # `-p retrain True`), and trains only when asked. (Trained on a small subset of the images, ResNets
@@ -333,8 +333,9 @@ PROFILES: dict[str, dict] = {
     "quick": {
         # Minutes on a 2-core CPU. Short runs underfit, so no augmentation beyond crops and flips and no
         # dropout (both did worse at this budget), BatchNorm statistics that keep up (momentum 0.1),
-        # one image size (progressive resizing lost accuracy here: notebook 04's comparison), an EMA of
-        # weights and flip TTA. SGD with Nesterov momentum and weight decay, not Adam: README "Results".
+        # one image size (at native 28 px progressive resizing reaches neither its accuracy nor its
+        # time: notebook 04's switch, shapes and budget studies say why), an EMA of weights and flip
+        # TTA. SGD with Nesterov momentum and weight decay, not Adam: docs/results.md.
         **_QUICK_RECIPE, **_BUDGET,
         "datasets": {"cifar10": _CIFAR_FIXED, "cifar100": _CIFAR_FIXED},
         "studies": _CPU_STUDIES,
@@ -343,8 +344,9 @@ PROFILES: dict[str, dict] = {
         # The best hour of a 2-core CPU: a wider, deeper small-input V2 trained with Algorithm 1
         # (24 -> 28 px, dropout and stochastic depth growing with the size), quick's SGD with weight
         # decay, crops, flips and random erasing (half the images lose one rectangle) instead of
-        # RandAugment, EMA of weights and flip TTA. README "Results" has its accuracy and time and the
-        # runs that chose it, one change at a time.
+        # RandAugment, EMA of weights and flip TTA. docs/results.md has its accuracy and time and the
+        # runs that chose it, one change at a time; notebook 04's studies (on quick's recipe) measure
+        # what its 24 -> 28 px switch costs.
         "model": "efficientnetv2_s",
         "model_overrides": {"width_mult": 0.5, "depth_mult": 0.25, "small_input": True, "bn_momentum": 0.1},
         "epochs": 42, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "scheduler": "cosine",
