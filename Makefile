@@ -38,9 +38,12 @@ reproduce: setup
 	done
 	@echo "executed notebooks: $(RUN_DIR)/   figures: figures/$(DATASET)/"
 
-# Unit tests, then nbval over every notebook with the smoke profile injected (outputs to build/smoke).
-# conftest.py fails a cell that shows a warning or an error and saves executed copies to build/smoke/executed.
+# ruff (lint and format, pyproject.toml), unit tests, then nbval over every notebook with the smoke
+# profile injected (outputs to build/smoke). conftest.py fails a cell that shows a warning or an error
+# and saves executed copies to build/smoke/executed.
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	@rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	@for nb in $(NOTEBOOKS); do \
 	  $(PY) -m papermill --prepare-only -k $(KERNEL) -p profile smoke -p figures_dir $(SMOKE_DIR)/figures -p runs_dir $(SMOKE_DIR)/runs \

@@ -5,6 +5,7 @@ A cell that writes to stderr, raises, or shows text naming a Warning fails (``li
 Each notebook nbval ran is saved with its outputs to ``build/smoke/executed/`` (nbval saves nothing),
 so a failure can be read in JupyterLab without running the notebook again.
 """
+
 from pathlib import Path
 
 import nbformat
@@ -32,8 +33,8 @@ def pytest_runtest_call(item):
     try:
         result = yield
     finally:
-        outputs = getattr(item, "test_outputs", None)    # nbval's cell items keep what the kernel sent
-        if outputs is not None:                          # kept for the executed copy, failed cells too
+        outputs = getattr(item, "test_outputs", None)  # nbval's cell items keep what the kernel sent
+        if outputs is not None:  # kept for the executed copy, failed cells too
             item.cell.outputs = list(outputs)
             _ran[Path(str(item.fspath))] = item.parent.nb
     noisy = noisy_outputs(outputs or [])

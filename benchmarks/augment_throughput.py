@@ -41,30 +41,32 @@ def ours_images_per_second(images: torch.Tensor, args, device: torch.device) -> 
         batch = random_crop_flip(batch, PADDING, generator)
         return resize(randaugment(batch, generator).float(), args.image_size)
 
-    augment(images[:args.batch_size])  # warm-up (allocator, kernels)
+    augment(images[: args.batch_size])  # warm-up (allocator, kernels)
     synchronize(device)
     start = time.perf_counter()
     done = 0
     while done < args.images:
         start_index = done % (len(images) - args.batch_size)
-        augment(images[start_index:start_index + args.batch_size])
+        augment(images[start_index : start_index + args.batch_size])
         done += args.batch_size
     synchronize(device)
     return done / (time.perf_counter() - start)
 
 
 def torchvision_images_per_second(args) -> float:
-    pipeline = transforms.Compose([
-        transforms.RandomCrop(28, padding=PADDING),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandAugment(num_ops=NUM_OPS, magnitude=args.magnitude),
-        transforms.Resize(args.image_size),
-        transforms.ToTensor(),
-    ])
-    dataset = torchvision.datasets.FashionMNIST(root=DATA_ROOT, train=True, download=False,
-                                                transform=pipeline)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
-                                         num_workers=os.cpu_count(), drop_last=True)
+    pipeline = transforms.Compose(
+        [
+            transforms.RandomCrop(28, padding=PADDING),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandAugment(num_ops=NUM_OPS, magnitude=args.magnitude),
+            transforms.Resize(args.image_size),
+            transforms.ToTensor(),
+        ]
+    )
+    dataset = torchvision.datasets.FashionMNIST(root=DATA_ROOT, train=True, download=False, transform=pipeline)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, num_workers=os.cpu_count(), drop_last=True
+    )
     start = time.perf_counter()
     done = 0
     while done < args.images:
@@ -82,9 +84,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--magnitude", type=int, default=9)
     parser.add_argument("--image-size", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for ours (default: torch's choice); on a "
-                             "busy shared CPU, 1 avoids threads spinning against other processes")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for ours (default: torch's choice); on a "
+        "busy shared CPU, 1 avoids threads spinning against other processes",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,9 +101,11 @@ def main() -> None:
 
     ours = ours_images_per_second(images, args, device)
     reference = torchvision_images_per_second(args)
-    print(f"device={device} images={args.images} batch={args.batch_size} "
-          f"magnitude={args.magnitude} image_size={args.image_size} cpu_cores={os.cpu_count()} "
-          f"torch_threads={torch.get_num_threads()}")
+    print(
+        f"device={device} images={args.images} batch={args.batch_size} "
+        f"magnitude={args.magnitude} image_size={args.image_size} cpu_cores={os.cpu_count()} "
+        f"torch_threads={torch.get_num_threads()}"
+    )
     print(f"ours (batched per-sample RandAugment on {device}): {ours:10.0f} images/s")
     print(f"torchvision PIL RandAugment, DataLoader x{os.cpu_count()} workers: {reference:10.0f} images/s")
     print(f"speed-up: {ours / reference:.2f}x")

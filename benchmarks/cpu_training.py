@@ -12,6 +12,7 @@ not depend on what the pixels show, and no accuracy is claimed here. ``mfu`` com
 trainer's achieved training FLOP/s with this machine's dense fp32 matmul FLOP/s, the practical
 peak. Record the machine with the numbers (``lscpu``: AVX2 and AVX-512 machines differ 2x).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def step_rate(model, batch: int, size: int, steps: int, channels_last: bool = Tr
 def interleaved(candidates: dict, reps: int) -> dict:
     """{name: median of reps} for {name: zero-argument function returning a rate}, run A B A B ..."""
     for fn in candidates.values():
-        fn()                                                   # warm-up: allocator, oneDNN primitives
+        fn()  # warm-up: allocator, oneDNN primitives
     rates = {name: [] for name in candidates}
     for _ in range(reps):
         for name, fn in candidates.items():
@@ -88,17 +89,30 @@ def depthwise(args) -> None:
             for _ in range(10):
                 conv(x).backward(grad)
             return 10 / (time.perf_counter() - started)
+
         return run
-    report("depthwise 3x3 forward + backward on a 2x2 map, 256 x 528 channels, channels_last",
-           interleaved({"nn.Conv2d (oneDNN's weight gradient)": rate(plain),
-                        "DepthwiseConv2d (tap sums)": rate(ours)}, args.reps), unit="calls/s")
+
+    report(
+        "depthwise 3x3 forward + backward on a 2x2 map, 256 x 528 channels, channels_last",
+        interleaved(
+            {"nn.Conv2d (oneDNN's weight gradient)": rate(plain), "DepthwiseConv2d (tap sums)": rate(ours)}, args.reps
+        ),
+        unit="calls/s",
+    )
 
 
 def memory_format(args) -> None:
     cl, nchw = model_for(args.profile, True), model_for(args.profile, False)
-    report(f"memory format, batch {args.batch}, {args.size} px",
-           interleaved({"contiguous (NCHW)": lambda: step_rate(nchw, args.batch, args.size, args.steps, False),
-                        "channels_last": lambda: step_rate(cl, args.batch, args.size, args.steps, True)}, args.reps))
+    report(
+        f"memory format, batch {args.batch}, {args.size} px",
+        interleaved(
+            {
+                "contiguous (NCHW)": lambda: step_rate(nchw, args.batch, args.size, args.steps, False),
+                "channels_last": lambda: step_rate(cl, args.batch, args.size, args.steps, True),
+            },
+            args.reps,
+        ),
+    )
 
 
 def threads(args) -> None:
@@ -111,33 +125,55 @@ def threads(args) -> None:
                 return step_rate(model, args.batch, args.size, args.steps)
             finally:
                 torch.set_num_threads(total)
+
         return run
-    report(f"intra-op threads ({total} is torch's default here), batch {args.batch}, {args.size} px",
-           interleaved({f"{n} thread(s)": with_threads(n) for n in sorted({1, total})}, args.reps))
+
+    report(
+        f"intra-op threads ({total} is torch's default here), batch {args.batch}, {args.size} px",
+        interleaved({f"{n} thread(s)": with_threads(n) for n in sorted({1, total})}, args.reps),
+    )
 
 
 def batch(args) -> None:
     model = model_for(args.profile)
     sizes = (64, 128, 256, 512)
-    report(f"batch size, {args.size} px (images per second; fewer, larger steps per epoch as it grows)",
-           interleaved({f"batch {b}": (lambda b=b: step_rate(model, b, args.size, max(2, args.steps * 256 // b // 2)))
-                        for b in sizes}, args.reps), base="batch 256")
+    report(
+        f"batch size, {args.size} px (images per second; fewer, larger steps per epoch as it grows)",
+        interleaved(
+            {
+                f"batch {b}": (lambda b=b: step_rate(model, b, args.size, max(2, args.steps * 256 // b // 2)))
+                for b in sizes
+            },
+            args.reps,
+        ),
+        base="batch 256",
+    )
 
 
 def image_size(args) -> None:
     model = model_for(args.profile)
-    report(f"image size (progressive stages), batch {args.batch}",
-           interleaved({f"{s} px": (lambda s=s: step_rate(model, args.batch, s, args.steps)) for s in (20, 24, 28)},
-                       args.reps), base="28 px")
+    report(
+        f"image size (progressive stages), batch {args.batch}",
+        interleaved(
+            {f"{s} px": (lambda s=s: step_rate(model, args.batch, s, args.steps)) for s in (20, 24, 28)}, args.reps
+        ),
+        base="28 px",
+    )
 
 
 def ema(args) -> None:
     model = model_for(args.profile)
     averaged = ema_of(model, 0.999)
-    report(f"EMA of weights, batch {args.batch}, {args.size} px",
-           interleaved({"no EMA": lambda: step_rate(model, args.batch, args.size, args.steps),
-                        "EMA update every step": lambda: step_rate(model, args.batch, args.size, args.steps,
-                                                                   ema=averaged)}, args.reps))
+    report(
+        f"EMA of weights, batch {args.batch}, {args.size} px",
+        interleaved(
+            {
+                "no EMA": lambda: step_rate(model, args.batch, args.size, args.steps),
+                "EMA update every step": lambda: step_rate(model, args.batch, args.size, args.steps, ema=averaged),
+            },
+            args.reps,
+        ),
+    )
 
 
 def evaluation(args) -> None:
@@ -153,8 +189,10 @@ def evaluation(args) -> None:
             model(x)
         eval_rate = 2000 / (time.perf_counter() - started)
     epoch, validation = 54000 / train_rate, 6000 / eval_rate
-    print(f"\nevaluation cost per epoch, {args.size} px: training 54,000 images {epoch:.1f} s, validating "
-          f"6,000 images {validation:.1f} s ({eval_rate:.0f} img/s): {validation / epoch:.1%} of an epoch")
+    print(
+        f"\nevaluation cost per epoch, {args.size} px: training 54,000 images {epoch:.1f} s, validating "
+        f"6,000 images {validation:.1f} s ({eval_rate:.0f} img/s): {validation / epoch:.1%} of an epoch"
+    )
 
 
 def compile_cost(args) -> None:
@@ -164,9 +202,16 @@ def compile_cost(args) -> None:
     started = time.perf_counter()
     step_rate(fast, args.batch, args.size, 1)
     print(f"\ntorch.compile (inductor, CPU): first step {time.perf_counter() - started:.0f} s including compilation")
-    report(f"steady state after compiling, batch {args.batch}, {args.size} px",
-           interleaved({"eager": lambda: step_rate(eager, args.batch, args.size, args.steps),
-                        "compiled (inductor)": lambda: step_rate(fast, args.batch, args.size, args.steps)}, args.reps))
+    report(
+        f"steady state after compiling, batch {args.batch}, {args.size} px",
+        interleaved(
+            {
+                "eager": lambda: step_rate(eager, args.batch, args.size, args.steps),
+                "compiled (inductor)": lambda: step_rate(fast, args.batch, args.size, args.steps),
+            },
+            args.reps,
+        ),
+    )
 
 
 def matmul_peak(reps: int) -> float:
@@ -178,7 +223,7 @@ def matmul_peak(reps: int) -> float:
         started = time.perf_counter()
         for _ in range(5):
             torch.mm(a, b)
-        rates.append(5 * 2 * 2048 ** 3 / (time.perf_counter() - started))
+        rates.append(5 * 2 * 2048**3 / (time.perf_counter() - started))
     return statistics.median(rates)
 
 
@@ -192,18 +237,31 @@ def mfu(args) -> None:
     if args.run:
         metrics = json.loads((Path(args.run) / "metrics.json").read_text())
         achieved = metrics["train_flops"] / metrics["train_seconds"]
-        print(f"MFU of the run in {args.run} ({metrics['profile']} profile, {metrics['epochs']} epochs): "
-              f"{metrics['train_flops'] / 1e12:.2f} TFLOP in {metrics['train_seconds']:.0f} s = {achieved / 1e9:.1f} GFLOP/s, "
-              f"{achieved / peak:.1%} of the peak (measured now: run it on the machine that trained)")
+        print(
+            f"MFU of the run in {args.run} ({metrics['profile']} profile, {metrics['epochs']} epochs): "
+            f"{metrics['train_flops'] / 1e12:.2f} TFLOP in {metrics['train_seconds']:.0f} s = {achieved / 1e9:.1f} GFLOP/s, "
+            f"{achieved / peak:.1%} of the peak (measured now: run it on the machine that trained)"
+        )
     model = model_for(args.profile)
     per_image = 3 * count_flops(model, args.size, 1)
     images = statistics.median(step_rate(model, args.batch, args.size, args.steps) for _ in range(args.reps))
-    print(f"MFU of a bare training step, batch {args.batch}: {images:.0f} img/s x {per_image / 1e6:.1f} MFLOP = "
-          f"{images * per_image / 1e9:.1f} GFLOP/s, {images * per_image / peak:.1%} of the peak")
+    print(
+        f"MFU of a bare training step, batch {args.batch}: {images:.0f} img/s x {per_image / 1e6:.1f} MFLOP = "
+        f"{images * per_image / 1e9:.1f} GFLOP/s, {images * per_image / peak:.1%} of the peak"
+    )
 
 
-MEASUREMENTS = {"depthwise": depthwise, "format": memory_format, "threads": threads, "batch": batch,
-                "size": image_size, "ema": ema, "evaluation": evaluation, "mfu": mfu, "compile": compile_cost}
+MEASUREMENTS = {
+    "depthwise": depthwise,
+    "format": memory_format,
+    "threads": threads,
+    "batch": batch,
+    "size": image_size,
+    "ema": ema,
+    "evaluation": evaluation,
+    "mfu": mfu,
+    "compile": compile_cost,
+}
 
 
 def main() -> None:
@@ -217,8 +275,10 @@ def main() -> None:
     p.add_argument("--run", help="mfu: also the achieved FLOP/s of this finished run folder (its metrics.json)")
     args = p.parse_args()
     torch.manual_seed(0)
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, flags: {cpu_flags() or '?'}; torch {torch.__version__}; "
-          f"{args.profile} profile's model")
+    print(
+        f"{cpu_name()}, {torch.get_num_threads()} threads, flags: {cpu_flags() or '?'}; torch {torch.__version__}; "
+        f"{args.profile} profile's model"
+    )
     for name in args.only or [m for m in MEASUREMENTS if m != "compile"]:
         MEASUREMENTS[name](args)
 

@@ -5,6 +5,7 @@ labels on the device); the ratio is measured in one run, so machine load affects
 
     python benchmarks/data_loader.py [--device cuda] [--batch-size 256] [--repeats 3]
 """
+
 import argparse
 import os
 import time
@@ -21,7 +22,7 @@ from lib.runs import REPO_ROOT
 def epoch_device_loader(ds, batch_size, device, mean, std):
     n = 0
     for images, labels in DeviceLoader(ds.train, batch_size, seed=0):
-        x = (images.float() / 255 - mean) / std
+        _normalized = (images.float() / 255 - mean) / std  # the work a step does with them
         n += len(labels)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -31,7 +32,7 @@ def epoch_device_loader(ds, batch_size, device, mean, std):
 def epoch_torch_dataloader(loader, device):
     n = 0
     for images, labels in loader:
-        x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        _x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         n += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -50,17 +51,28 @@ def main():
     ds = load_dataset("fashion_mnist", REPO_ROOT / "data", val_fraction=0, device=device)
     mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
-    tv = torchvision.datasets.FashionMNIST(str(REPO_ROOT / "data"), train=True, download=False,
-                                           transform=transforms.Compose([transforms.ToTensor(),
-                                                                         transforms.Normalize(ds.mean, ds.std)]))
-    loader = DataLoader(tv, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+    tv = torchvision.datasets.FashionMNIST(
+        str(REPO_ROOT / "data"),
+        train=True,
+        download=False,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(ds.mean, ds.std)]),
+    )
+    loader = DataLoader(
+        tv,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
     epoch_torch_dataloader(loader, device)  # warm up workers
     ours, theirs = [], []
-    for _ in range(args.repeats):            # interleaved, so drift hits both sides
-        t = time.perf_counter(); n = epoch_device_loader(ds, args.batch_size, device, mean, std)
+    for _ in range(args.repeats):  # interleaved, so drift hits both sides
+        t = time.perf_counter()
+        n = epoch_device_loader(ds, args.batch_size, device, mean, std)
         ours.append(n / (time.perf_counter() - t))
-        t = time.perf_counter(); n = epoch_torch_dataloader(loader, device)
+        t = time.perf_counter()
+        n = epoch_torch_dataloader(loader, device)
         theirs.append(n / (time.perf_counter() - t))
     best_ours, best_theirs = max(ours), max(theirs)
     print(f"device={device} batch={args.batch_size} workers={args.workers} images/epoch={n}")

@@ -21,8 +21,12 @@ import torchvision
 
 from lib.models import build_model, load_torchvision_weights
 
-TORCHVISION = {"efficientnetv2_s": "efficientnet_v2_s", "efficientnetv2_m": "efficientnet_v2_m",
-               "efficientnetv2_l": "efficientnet_v2_l", "efficientnet_b0": "efficientnet_b0"}
+TORCHVISION = {
+    "efficientnetv2_s": "efficientnet_v2_s",
+    "efficientnetv2_m": "efficientnet_v2_m",
+    "efficientnetv2_l": "efficientnet_v2_l",
+    "efficientnet_b0": "efficientnet_b0",
+}
 
 
 def parse_args():
@@ -50,6 +54,7 @@ def make_step(model, device, use_amp):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -96,9 +101,11 @@ def main():
             rates[name].append(timed(steps[name], x, y, args.steps, device))
 
     med = {name: statistics.median(r) for name, r in rates.items()}
-    print(f"{args.model} train step on {device} ({torch.get_num_threads()} threads), "
-          f"batch {args.batch}, {args.size} px, amp={'bf16' if cuda else 'off'}, "
-          f"channels_last={cuda}, compile={args.compile}, {args.reps}x{args.steps} steps")
+    print(
+        f"{args.model} train step on {device} ({torch.get_num_threads()} threads), "
+        f"batch {args.batch}, {args.size} px, amp={'bf16' if cuda else 'off'}, "
+        f"channels_last={cuda}, compile={args.compile}, {args.reps}x{args.steps} steps"
+    )
     for name, value in med.items():
         spread = f"{min(rates[name]):.1f}-{max(rates[name]):.1f}"
         print(f"  {name:12s} {value:9.1f} img/s (median; range {spread})")

@@ -27,6 +27,7 @@ cache (one training step, timed apart and printed as the one-off cost), then sta
 measured run pays what a second run pays, and the last line gives the ratio with the one-off cost
 counted too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,18 +58,37 @@ from lib.train import train
 
 def recipe(args):
     """The shared recipe, as our TrainConfig (the peer reads its numbers from it)."""
-    return config_for("quick", "fashion_mnist", epochs=args.epochs, ema_decay=0.0, tta_flip=False, randaug_ops=1,
-                      data_root=args.data_root, seed=args.seed, warmup_epochs=0.0, optimizer="adam", lr=3e-3,
-                      schedule={"num_stages": 1, "size": [28, 28], "randaug_magnitude": 5, "mixup_alpha": 0,
-                                "dropout": 0, "drop_path": 0, "weight_decay": 0})
+    return config_for(
+        "quick",
+        "fashion_mnist",
+        epochs=args.epochs,
+        ema_decay=0.0,
+        tta_flip=False,
+        randaug_ops=1,
+        data_root=args.data_root,
+        seed=args.seed,
+        warmup_epochs=0.0,
+        optimizer="adam",
+        lr=3e-3,
+        schedule={
+            "num_stages": 1,
+            "size": [28, 28],
+            "randaug_magnitude": 5,
+            "mixup_alpha": 0,
+            "dropout": 0,
+            "drop_path": 0,
+            "weight_decay": 0,
+        },
+    )
 
 
 def ours_recipe(args):
     """Our side's settings: the shared recipe, or (``--ours quick``) the quick profile's own."""
     if args.ours == "same":
         return recipe(args)
-    return config_for("quick", "fashion_mnist", epochs=args.epochs, data_root=args.data_root, seed=args.seed,
-                      tta_flip=False)
+    return config_for(
+        "quick", "fashion_mnist", epochs=args.epochs, data_root=args.data_root, seed=args.seed, tta_flip=False
+    )
 
 
 def torchvision_twin(config) -> nn.Module:
@@ -84,10 +104,17 @@ def torchvision_twin(config) -> nn.Module:
         kind = FusedMBConvConfig if row.block == "fused" else MBConvConfig
         blocks.append(kind(row.expand, row.kernel, row.stride, channels, row.out, row.layers))
         channels = row.out
-    model = EfficientNet(blocks, dropout=0.0, stochastic_depth_prob=0.0, num_classes=10, norm_layer=norm,
-                         last_channel=make_divisible(v.head * o["width_mult"]))
-    model.features[0] = Conv2dNormActivation(1, stem, kernel_size=3, stride=1, norm_layer=norm,
-                                             activation_layer=nn.SiLU)
+    model = EfficientNet(
+        blocks,
+        dropout=0.0,
+        stochastic_depth_prob=0.0,
+        num_classes=10,
+        norm_layer=norm,
+        last_channel=make_divisible(v.head * o["width_mult"]),
+    )
+    model.features[0] = Conv2dNormActivation(
+        1, stem, kernel_size=3, stride=1, norm_layer=norm, activation_layer=nn.SiLU
+    )
     return model
 
 
@@ -120,15 +147,31 @@ def peer(config, target: float, workers: int) -> dict:
     val_mask[val.images] = True
     mean, std = (raw.data[~val_mask].float() / 255).mean().item(), (raw.data[~val_mask].float() / 255).std().item()
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize([mean], [std])]
-    augment = v2.Compose([v2.PILToTensor(), v2.RandomCrop(28, padding=config.crop_padding),
-                          v2.RandomHorizontalFlip(), v2.RandAugment(num_ops=1, magnitude=5), *finish])
+    augment = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomCrop(28, padding=config.crop_padding),
+            v2.RandomHorizontalFlip(),
+            v2.RandAugment(num_ops=1, magnitude=5),
+            *finish,
+        ]
+    )
     plain = v2.Compose([v2.PILToTensor(), *finish])
-    train_set = torch.utils.data.Subset(torchvision.datasets.FashionMNIST(config.data_root, transform=augment),
-                                        torch.nonzero(~val_mask).flatten().tolist())
-    val_set = torch.utils.data.Subset(torchvision.datasets.FashionMNIST(config.data_root, transform=plain),
-                                      val.images.tolist())
-    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0)
+    train_set = torch.utils.data.Subset(
+        torchvision.datasets.FashionMNIST(config.data_root, transform=augment),
+        torch.nonzero(~val_mask).flatten().tolist(),
+    )
+    val_set = torch.utils.data.Subset(
+        torchvision.datasets.FashionMNIST(config.data_root, transform=plain), val.images.tolist()
+    )
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=config.eval_batch_size, num_workers=workers)
     model = torchvision_twin(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -150,51 +193,71 @@ def peer(config, target: float, workers: int) -> dict:
         curve.append((time.perf_counter() - started, correct / len(val_set)))
         if curve[-1][1] >= target:
             break
-    return {"curve": curve, "seconds_to_target": next((s for s, a in curve if a >= target), None),
-            "wall": time.perf_counter() - started}
+    return {
+        "curve": curve,
+        "seconds_to_target": next((s for s, a in curve if a >= target), None),
+        "wall": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", type=float, default=0.90, help="validation accuracy to reach")
-    p.add_argument("--epochs", type=int, default=5, help="the recipe's length (cosine schedule); the peer stops at the target")
+    p.add_argument(
+        "--epochs", type=int, default=5, help="the recipe's length (cosine schedule); the peer stops at the target"
+    )
     p.add_argument("--workers", type=int, default=2, help="the peer's DataLoader worker processes")
     p.add_argument("--data-root", default="data")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ours", choices=["same", "quick"], default="same",
-                   help="our side's recipe: the shared one (the pipeline alone) or the quick profile's own")
-    p.add_argument("--compile", action="store_true",
-                   help="compile our training step with inductor (the one-off compile is timed apart)")
+    p.add_argument(
+        "--ours",
+        choices=["same", "quick"],
+        default="same",
+        help="our side's recipe: the shared one (the pipeline alone) or the quick profile's own",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile our training step with inductor (the one-off compile is timed apart)",
+    )
     args = p.parse_args()
     config, our_config = recipe(args), ours_recipe(args)
     if args.compile:
         our_config = dataclasses.replace(our_config, compile="inductor")
         try:
-            device.require_cpp_compiler()                            # a missing C++ compiler: one line, now
+            device.require_cpp_compiler()  # a missing C++ compiler: one line, now
         except ValueError as e:
             p.error(str(e))
     assert (our_config.model, our_config.model_overrides) == (config.model, config.model_overrides)
-    load_dataset("fashion_mnist", args.data_root)          # the torchvision layout in data/ (decompressed on first use)
+    load_dataset("fashion_mnist", args.data_root)  # the torchvision layout in data/ (decompressed on first use)
     ours_model, twin = build_model(config.model, 10, 1, **config.model_overrides), torchvision_twin(config)
     ours_params, twin_params = count_parameters(ours_model), count_parameters(twin)
     assert ours_params == twin_params, (ours_params, twin_params)
-    twin.load_state_dict(dict(zip(twin.state_dict(), ours_model.state_dict().values())))   # same order, same shapes
+    twin.load_state_dict(dict(zip(twin.state_dict(), ours_model.state_dict().values())))  # same order, same shapes
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(ours_model.eval()(x), twin.eval()(x)), "the torchvision twin is not the same network"
-    print(f"{cpu_name()} ({cpu_flags()}), {torch.get_num_threads()} threads; {config.model} "
-          f"{config.model_overrides}: {ours_params:,} parameters on both sides; target {args.target:.0%} validation")
+    print(
+        f"{cpu_name()} ({cpu_flags()}), {torch.get_num_threads()} threads; {config.model} "
+        f"{config.model_overrides}: {ours_params:,} parameters on both sides; target {args.target:.0%} validation"
+    )
     if args.ours == "quick":
-        print(f"ours: the quick recipe ({our_config.optimizer} lr {our_config.lr}, weight decay "
-              f"{our_config.schedule['weight_decay']}, EMA {our_config.ema_decay}, RandAugment ops {our_config.randaug_ops}); "
-              f"peer: the shared recipe ({config.optimizer} lr {config.lr}, no EMA, RandAugment 1 op at 5); "
-              f"{args.epochs}-epoch cosine on both")
+        print(
+            f"ours: the quick recipe ({our_config.optimizer} lr {our_config.lr}, weight decay "
+            f"{our_config.schedule['weight_decay']}, EMA {our_config.ema_decay}, RandAugment ops {our_config.randaug_ops}); "
+            f"peer: the shared recipe ({config.optimizer} lr {config.lr}, no EMA, RandAugment 1 op at 5); "
+            f"{args.epochs}-epoch cosine on both"
+        )
     first_compile = None
     if args.compile:
         first_compile = compile_once(our_config)
-        print(f"ours: compiled with inductor into a fresh cache in {first_compile:.0f} s (one step; once per machine, "
-              f"outside the clock); the run below loads it from that cache")
-    results = {f"ours (lib.train, {args.ours} recipe{', compiled' if args.compile else ''})": ours(our_config, args.target),
-               f"plain PyTorch (DataLoader, {args.workers} workers)": peer(config, args.target, args.workers)}
+        print(
+            f"ours: compiled with inductor into a fresh cache in {first_compile:.0f} s (one step; once per machine, "
+            f"outside the clock); the run below loads it from that cache"
+        )
+    results = {
+        f"ours (lib.train, {args.ours} recipe{', compiled' if args.compile else ''})": ours(our_config, args.target),
+        f"plain PyTorch (DataLoader, {args.workers} workers)": peer(config, args.target, args.workers),
+    }
     for name, r in results.items():
         curve = ", ".join(f"{a:.2%}@{s:.0f}s" for s, a in r["curve"])
         reached = f"{r['seconds_to_target']:.0f} s" if r["seconds_to_target"] else "not reached"

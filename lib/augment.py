@@ -30,14 +30,34 @@ from torch import Tensor
 
 # The 14 RandAugment ops, in torchvision's order (RandAugment._augmentation_space).
 OP_NAMES: tuple[str, ...] = (
-    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
-    "Brightness", "Color", "Contrast", "Sharpness",
-    "Posterize", "Solarize", "AutoContrast", "Equalize",
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
 )
-SIGNED_OPS = frozenset({
-    "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
-    "Brightness", "Color", "Contrast", "Sharpness",
-})
+SIGNED_OPS = frozenset(
+    {
+        "ShearX",
+        "ShearY",
+        "TranslateX",
+        "TranslateY",
+        "Rotate",
+        "Brightness",
+        "Color",
+        "Contrast",
+        "Sharpness",
+    }
+)
 GEOMETRIC_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 OP_INDEX = {name: index for index, name in enumerate(OP_NAMES)}
 
@@ -45,6 +65,7 @@ OP_INDEX = {name: index for index, name in enumerate(OP_NAMES)}
 # ----------------------------------------------------------------------------------------------
 # Random numbers: drawn on the generator's device, used on the images' device.
 # ----------------------------------------------------------------------------------------------
+
 
 def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
     return generator.device if generator is not None else device
@@ -71,8 +92,10 @@ def _randperm(n: int, generator, device) -> Tensor:
 # Op strengths: torchvision's magnitude table, as a formula so fractional magnitudes also work.
 # ----------------------------------------------------------------------------------------------
 
-def op_strength(name: str, magnitude: float, num_magnitude_bins: int = 31,
-                image_size: tuple[int, int] = (32, 32)) -> float:
+
+def op_strength(
+    name: str, magnitude: float, num_magnitude_bins: int = 31, image_size: tuple[int, int] = (32, 32)
+) -> float:
     """Unsigned strength of op `name` at `magnitude` (0 .. num_magnitude_bins - 1).
 
     Integer magnitudes give torchvision's `_augmentation_space` entries; fractional ones (from a
@@ -106,8 +129,8 @@ def op_strength(name: str, magnitude: float, num_magnitude_bins: int = 31,
 # Geometric ops: one per-sample affine matrix, one grid_sample for the batch.
 # ----------------------------------------------------------------------------------------------
 
-def _geometry_thetas(op_ids: Tensor, signs: Tensor, magnitude: float, num_bins: int,
-                     height: int, width: int) -> Tensor:
+
+def _geometry_thetas(op_ids: Tensor, signs: Tensor, magnitude: float, num_bins: int, height: int, width: int) -> Tensor:
     """Per-sample N x 2 x 3 matrices mapping output to input pixels (centred coordinates).
 
     Semantics follow torchvision's tensor `affine`/`rotate` as RandAugment calls them: shears about
@@ -115,6 +138,7 @@ def _geometry_thetas(op_ids: Tensor, signs: Tensor, magnitude: float, num_bins: 
     image centre, counter-clockwise for positive angles. Samples whose op is not geometric get
     the identity.
     """
+
     def strength(name: str) -> Tensor:
         return signs * op_strength(name, magnitude, num_bins, (height, width))
 
@@ -130,12 +154,10 @@ def _geometry_thetas(op_ids: Tensor, signs: Tensor, magnitude: float, num_bins: 
     # x_in = a * x_out + b * y_out + c ;  y_in = d * x_out + e * y_out + f  (centred pixels)
     a = torch.where(chosen("Rotate"), cos, 1.0)
     b = torch.where(chosen("Rotate"), -sin, torch.where(chosen("ShearX"), shear_x, zeros))
-    c = torch.where(chosen("ShearX"), shear_x * (height / 2),
-                    torch.where(chosen("TranslateX"), -shift_x, zeros))
+    c = torch.where(chosen("ShearX"), shear_x * (height / 2), torch.where(chosen("TranslateX"), -shift_x, zeros))
     d = torch.where(chosen("Rotate"), sin, torch.where(chosen("ShearY"), shear_y, zeros))
     e = torch.where(chosen("Rotate"), cos, 1.0)
-    f = torch.where(chosen("ShearY"), shear_y * (width / 2),
-                    torch.where(chosen("TranslateY"), -shift_y, zeros))
+    f = torch.where(chosen("ShearY"), shear_y * (width / 2), torch.where(chosen("TranslateY"), -shift_y, zeros))
 
     return torch.stack([torch.stack([a, b, c], dim=-1), torch.stack([d, e, f], dim=-1)], dim=1)
 
@@ -155,8 +177,7 @@ def _sampling_grid(matrices: Tensor, height: int, width: int) -> Tensor:
         a, b, c = (row / half_size).view(-1, 3, 1, 1).unbind(1)
         return xs * a + ys * b + c
 
-    return torch.stack([coordinate(matrices[:, 0], width / 2),
-                        coordinate(matrices[:, 1], height / 2)], dim=-1)
+    return torch.stack([coordinate(matrices[:, 0], width / 2), coordinate(matrices[:, 1], height / 2)], dim=-1)
 
 
 def _fill_tensor(fill: float | Sequence[float], channels: int, like: Tensor) -> Tensor:
@@ -178,8 +199,7 @@ def _warp(images: Tensor, thetas: Tensor, fill: float | Sequence[float]) -> Tens
     if _is_zero_fill(fill):
         return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     with_coverage = torch.cat([images, torch.ones_like(images[:, :1])], dim=1)
-    warped = F.grid_sample(with_coverage, grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)
+    warped = F.grid_sample(with_coverage, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     inside = warped[:, -1:] > 0.5
     return torch.where(inside, warped[:, :-1], _fill_tensor(fill, c, images))
 
@@ -188,6 +208,7 @@ def _warp(images: Tensor, thetas: Tensor, fill: float | Sequence[float]) -> Tens
 # Colour ops on float batches holding integer values 0..255. Each returns integer values again,
 # truncating like torchvision's uint8 kernels, so consecutive ops see what torchvision would.
 # ----------------------------------------------------------------------------------------------
+
 
 def _blend(images: Tensor, degenerate: Tensor | float, weights: tuple[Tensor, Tensor]) -> Tensor:
     """factor * images + (1 - factor) * degenerate, truncated to integers like a uint8 cast.
@@ -228,7 +249,7 @@ def _sharpness(images: Tensor, factor: tuple[Tensor, Tensor]) -> Tensor:
     n, c, h, w = images.shape
     if h <= 2 or w <= 2:
         return images
-    window = sum(images[..., i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3))
+    window = sum(images[..., i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3))
     smoothed = ((window + 4 * images[..., 1:-1, 1:-1]) / 13.0).round()
     degenerate = images.clone()
     degenerate[..., 1:-1, 1:-1] = smoothed
@@ -272,8 +293,9 @@ def _equalize(images: Tensor) -> Tensor:
     return torch.where(step == 0, values.to(images.dtype), equalized).view(n, c, h, w)
 
 
-def _apply_ops_float(images: Tensor, op_ids: Tensor, signs: Tensor, magnitude: float,
-                     num_bins: int, fill: float | Sequence[float]) -> Tensor:
+def _apply_ops_float(
+    images: Tensor, op_ids: Tensor, signs: Tensor, magnitude: float, num_bins: int, fill: float | Sequence[float]
+) -> Tensor:
     """One RandAugment step: sample i gets op `op_ids[i]` with sign `signs[i]`.
 
     Geometric samples go through one shared warp (the others get the identity matrix, which
@@ -291,8 +313,10 @@ def _apply_ops_float(images: Tensor, op_ids: Tensor, signs: Tensor, magnitude: f
         # (rounding them in float32 first moves some pixels by one level).
         positive = signs.view(n, 1, 1, 1) > 0
         value = strength(name)
-        return (torch.where(positive, 1.0 + value, 1.0 - value),
-                torch.where(positive, 1.0 - (1.0 + value), 1.0 - (1.0 - value)))
+        return (
+            torch.where(positive, 1.0 + value, 1.0 - value),
+            torch.where(positive, 1.0 - (1.0 + value), 1.0 - (1.0 - value)),
+        )
 
     out = _warp(images, _geometry_thetas(op_ids, signs, magnitude, num_bins, h, w), fill)
     colour_results = {
@@ -313,13 +337,17 @@ def _apply_ops_float(images: Tensor, op_ids: Tensor, signs: Tensor, magnitude: f
 
 def _check_images(images: Tensor) -> None:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected uint8 N x C x H x W with C in (1, 3), got "
-                         f"{images.dtype} {tuple(images.shape)}")
+        raise ValueError(f"expected uint8 N x C x H x W with C in (1, 3), got {images.dtype} {tuple(images.shape)}")
 
 
-def apply_op(images: Tensor, op: int | str | Tensor, magnitude: float,
-             signs: float | Tensor | None = None, num_magnitude_bins: int = 31,
-             fill: float | Sequence[float] = 0) -> Tensor:
+def apply_op(
+    images: Tensor,
+    op: int | str | Tensor,
+    magnitude: float,
+    signs: float | Tensor | None = None,
+    num_magnitude_bins: int = 31,
+    fill: float | Sequence[float] = 0,
+) -> Tensor:
     """Apply one RandAugment op to a uint8 batch: the building block RandAugment uses, exposed
     so that each op can be checked against torchvision.
 
@@ -333,10 +361,12 @@ def apply_op(images: Tensor, op: int | str | Tensor, magnitude: float,
     op_ids = op.to(device) if isinstance(op, Tensor) else torch.full((n,), int(op), device=device)
     if signs is None:
         signs = 1.0
-    signs = (signs.to(device=device, dtype=torch.float32) if isinstance(signs, Tensor)
-             else torch.full((n,), float(signs), device=device))
-    out = _apply_ops_float(images.float(), op_ids.expand(n), signs.expand(n), magnitude,
-                           num_magnitude_bins, fill)
+    signs = (
+        signs.to(device=device, dtype=torch.float32)
+        if isinstance(signs, Tensor)
+        else torch.full((n,), float(signs), device=device)
+    )
+    out = _apply_ops_float(images.float(), op_ids.expand(n), signs.expand(n), magnitude, num_magnitude_bins, fill)
     return out.to(torch.uint8)
 
 
@@ -353,8 +383,9 @@ class RandAugment:
     Grey (1-channel) images: Color is a no-op, as in torchvision.
     """
 
-    def __init__(self, num_ops: int = 2, magnitude: float = 9, num_magnitude_bins: int = 31,
-                 fill: float | Sequence[float] = 0):
+    def __init__(
+        self, num_ops: int = 2, magnitude: float = 9, num_magnitude_bins: int = 31, fill: float | Sequence[float] = 0
+    ):
         self.num_ops = num_ops
         self.num_magnitude_bins = num_magnitude_bins
         self.magnitude = magnitude
@@ -370,8 +401,9 @@ class RandAugment:
             raise ValueError(f"magnitude {value} outside 0 .. {self.num_magnitude_bins - 1}")
         self._magnitude = float(value)
 
-    def draw_ops(self, batch_size: int, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    def draw_ops(
+        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> tuple[Tensor, Tensor]:
         """Per-step, per-sample op indices and signs, each num_ops x batch_size."""
         shape = (self.num_ops, batch_size)
         op_ids = _randint(len(OP_NAMES), shape, generator, torch.device(device))
@@ -383,21 +415,28 @@ class RandAugment:
         op_ids, signs = self.draw_ops(images.shape[0], generator, images.device)
         out = images.float()
         for step in range(self.num_ops):
-            out = _apply_ops_float(out, op_ids[step], signs[step], self.magnitude,
-                                   self.num_magnitude_bins, self.fill)
+            out = _apply_ops_float(out, op_ids[step], signs[step], self.magnitude, self.num_magnitude_bins, self.fill)
         return out.to(torch.uint8)
 
     def __repr__(self) -> str:
-        return (f"RandAugment(num_ops={self.num_ops}, magnitude={self.magnitude}, "
-                f"num_magnitude_bins={self.num_magnitude_bins}, fill={self.fill})")
+        return (
+            f"RandAugment(num_ops={self.num_ops}, magnitude={self.magnitude}, "
+            f"num_magnitude_bins={self.num_magnitude_bins}, fill={self.fill})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Crop + flip, resize, normalize.
 # ----------------------------------------------------------------------------------------------
 
-def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator | None = None,
-                     flip: bool = True, padding_mode: str = "zeros") -> Tensor:
+
+def random_crop_flip(
+    images: Tensor,
+    padding: int,
+    generator: torch.Generator | None = None,
+    flip: bool = True,
+    padding_mode: str = "zeros",
+) -> Tensor:
     """Per-sample random crop of a `padding`-padded image back to H x W, then a random
     horizontal flip (probability 1/2; `flip=False` disables it).
 
@@ -412,17 +451,16 @@ def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator | 
     device = images.device
     shift_y = _randint(2 * padding + 1, (n, 1), generator, device) - padding
     shift_x = _randint(2 * padding + 1, (n, 1), generator, device) - padding
-    rows = torch.arange(h, device=device) + shift_y                      # n x h source rows
+    rows = torch.arange(h, device=device) + shift_y  # n x h source rows
     columns = torch.arange(w, device=device).expand(n, w)
     if flip:
         flipped = _randint(2, (n, 1), generator, device).bool()
         columns = torch.where(flipped, columns.flip(1), columns)
-    columns = columns + shift_x                                          # n x w source columns
+    columns = columns + shift_x  # n x w source columns
 
     if padding_mode == "reflect":
         rows = torch.where(rows < 0, -rows, torch.where(rows >= h, 2 * (h - 1) - rows, rows))
-        columns = torch.where(columns < 0, -columns,
-                              torch.where(columns >= w, 2 * (w - 1) - columns, columns))
+        columns = torch.where(columns < 0, -columns, torch.where(columns >= w, 2 * (w - 1) - columns, columns))
         inside = None
     elif padding_mode == "zeros":
         inside = ((rows >= 0) & (rows < h)).unsqueeze(2) & ((columns >= 0) & (columns < w)).unsqueeze(1)
@@ -437,8 +475,12 @@ def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator | 
     return out
 
 
-def random_resized_crop(images: Tensor, min_area: float, generator: torch.Generator | None = None,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+def random_resized_crop(
+    images: Tensor,
+    min_area: float,
+    generator: torch.Generator | None = None,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
     """Scale augmentation for a whole batch: each image keeps a random box of ``min_area`` to all of
     its area (log-uniform aspect ``ratio``, clipped to the image), stretched back to H x W.
 
@@ -454,9 +496,9 @@ def random_resized_crop(images: Tensor, min_area: float, generator: torch.Genera
     area = min_area + (1 - min_area) * _rand((n,), generator, device)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * _rand((n,), generator, device))
-    box_w = torch.sqrt(area * aspect).clamp(max=1.0)             # box sides as shares of the image's
+    box_w = torch.sqrt(area * aspect).clamp(max=1.0)  # box sides as shares of the image's
     box_h = torch.sqrt(area / aspect).clamp(max=1.0)
-    centre_x = (1 - box_w) * (2 * _rand((n,), generator, device) - 1)   # centres in [-1, 1] units
+    centre_x = (1 - box_w) * (2 * _rand((n,), generator, device) - 1)  # centres in [-1, 1] units
     centre_y = (1 - box_h) * (2 * _rand((n,), generator, device) - 1)
     zeros = torch.zeros_like(box_w)
     theta = torch.stack([torch.stack([box_w, zeros, centre_x], 1), torch.stack([zeros, box_h, centre_y], 1)], 1)
@@ -478,14 +520,19 @@ def random_window(images: Tensor, size: int, generator: torch.Generator | None =
     device = images.device
     top = _randint(h - size_h + 1, (n, 1), generator, device)
     left = _randint(w - size_w + 1, (n, 1), generator, device)
-    rows = torch.arange(size_h, device=device) + top                     # n x size_h source rows
-    columns = torch.arange(size_w, device=device) + left                 # n x size_w source columns
+    rows = torch.arange(size_h, device=device) + top  # n x size_h source rows
+    columns = torch.arange(size_w, device=device) + left  # n x size_w source columns
     source = (rows.unsqueeze(2) * w + columns.unsqueeze(1)).view(n, 1, -1).expand(n, c, size_h * size_w)
     return images.reshape(n, c, h * w).gather(2, source).view(n, c, size_h, size_w)
 
 
-def random_erasing(images: Tensor, probability: float, generator: torch.Generator | None = None,
-                   scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> Tensor:
+def random_erasing(
+    images: Tensor,
+    probability: float,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> Tensor:
     """Random erasing (Zhong et al., 2017) for a whole batch: with ``probability`` each image gets one
     rectangle set to 0, of ``scale`` x its area and log-uniform aspect ``ratio`` (torchvision's
     ``RandomErasing`` defaults with value 0, Fashion-MNIST's background), clipped to the image.
@@ -522,8 +569,7 @@ def resize(images: Tensor, size: int | tuple[int, int]) -> Tensor:
     if tuple(images.shape[-2:]) == size:
         return images
     shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
-    resized = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
-                            antialias=shrinking)
+    resized = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=shrinking)
     if images.dtype == torch.uint8:
         return resized.round().clamp(0, 255).to(torch.uint8)
     return resized.to(images.dtype)
@@ -548,8 +594,8 @@ def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[floa
 # Mixup and CutMix (soft targets; label smoothing belongs to the loss).
 # ----------------------------------------------------------------------------------------------
 
-def _log_gamma_samples(shape_parameter: float, count: int, generator, device,
-                       tries: int = 32) -> Tensor:
+
+def _log_gamma_samples(shape_parameter: float, count: int, generator, device, tries: int = 32) -> Tensor:
     """log of Gamma(shape_parameter, 1) samples, drawn with `generator` and without a host sync.
 
     Marsaglia-Tsang rejection, vectorised: `tries` candidates per sample, keep the first accepted
@@ -564,7 +610,7 @@ def _log_gamma_samples(shape_parameter: float, count: int, generator, device,
     uniform = _rand((count, tries), generator, device).clamp_min(1e-12)
     v = (1 + c * normal) ** 3
     log_v = torch.log(v.clamp_min(1e-12))
-    accepted = (v > 0) & (torch.log(uniform) < 0.5 * normal ** 2 + d - d * v + d * log_v)
+    accepted = (v > 0) & (torch.log(uniform) < 0.5 * normal**2 + d - d * v + d * log_v)
     first = accepted.int().argmax(dim=1, keepdim=True)
     log_gamma = (math.log(d) + log_v).gather(1, first).squeeze(1)
     if boosted:
@@ -572,16 +618,18 @@ def _log_gamma_samples(shape_parameter: float, count: int, generator, device,
     return log_gamma
 
 
-def sample_beta(alpha: float, count: int, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> Tensor:
+def sample_beta(
+    alpha: float, count: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
     """Beta(alpha, alpha) samples drawn with a torch.Generator (torch.distributions cannot)."""
     log_x = _log_gamma_samples(alpha, count, generator, torch.device(device))
     log_y = _log_gamma_samples(alpha, count, generator, torch.device(device))
     return torch.sigmoid(log_x - log_y)
 
 
-def draw_mixup_params(batch_size: int, alpha: float, generator: torch.Generator | None = None,
-                      device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+def draw_mixup_params(
+    batch_size: int, alpha: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
     """One mixing weight lam ~ Beta(alpha, alpha) for the batch (0-dim tensor) and a partner
     permutation. mixup and cutmix draw these first, so a test can reproduce them from a seed."""
     lam = sample_beta(alpha, 1, generator, device)[0]
@@ -594,8 +642,9 @@ def _soft_targets(targets: Tensor, num_classes: int) -> Tensor:
     return targets.float()
 
 
-def mixup(images: Tensor, targets: Tensor, alpha: float, num_classes: int,
-          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def mixup(
+    images: Tensor, targets: Tensor, alpha: float, num_classes: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """images -> lam * images + (1 - lam) * images[perm], targets likewise (N x num_classes).
 
     targets: class indices (N) or one-hot / soft rows (N x num_classes). alpha <= 0: images are
@@ -609,8 +658,9 @@ def mixup(images: Tensor, targets: Tensor, alpha: float, num_classes: int,
     return mixed, soft * lam + soft[perm] * (1 - lam)
 
 
-def cutmix(images: Tensor, targets: Tensor, alpha: float, num_classes: int,
-           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def cutmix(
+    images: Tensor, targets: Tensor, alpha: float, num_classes: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Paste one random box (area about 1 - lam, clipped at the borders) from each image's
     partner; targets are weighted by the pasted area actually used. alpha <= 0: no-op."""
     soft = _soft_targets(targets, num_classes)
@@ -621,7 +671,10 @@ def cutmix(images: Tensor, targets: Tensor, alpha: float, num_classes: int,
     lam, perm = draw_mixup_params(n, alpha, generator, device)
     side = torch.sqrt(1 - lam)
     half_h, half_w = (side * h).floor() // 2, (side * w).floor() // 2
-    centre_y, centre_x = (_rand((2,), generator, device) * h).floor()[0], (_rand((1,), generator, device) * w).floor()[0]
+    centre_y, centre_x = (
+        (_rand((2,), generator, device) * h).floor()[0],
+        (_rand((1,), generator, device) * w).floor()[0],
+    )
     rows, columns = torch.arange(h, device=device), torch.arange(w, device=device)
     in_rows = (rows >= (centre_y - half_h).clamp(0, h)) & (rows < (centre_y + half_h).clamp(0, h))
     in_columns = (columns >= (centre_x - half_w).clamp(0, w)) & (columns < (centre_x + half_w).clamp(0, w))
@@ -635,6 +688,7 @@ def cutmix(images: Tensor, targets: Tensor, alpha: float, num_classes: int,
 # The pipeline the trainer uses.
 # ----------------------------------------------------------------------------------------------
 
+
 class BatchAugmenter:
     """uint8 batch + labels -> (normalized float batch at `image_size`, soft targets).
 
@@ -647,12 +701,25 @@ class BatchAugmenter:
     of resized images, and evaluates on whole images at native size.
     """
 
-    def __init__(self, num_classes: int, image_size: int, mean: Sequence[float],
-                 std: Sequence[float], magnitude: float = 9, num_ops: int = 2,
-                 mixup_alpha: float = 0.0, padding: int = 4, flip: bool = True,
-                 padding_mode: str = "zeros", num_magnitude_bins: int = 31,
-                 fill: float | Sequence[float] = 0, erasing: float = 0.0, min_area: float = 1.0,
-                 resize_mode: str = "resize", preprocess: Callable[[Tensor, int], Tensor] | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        magnitude: float = 9,
+        num_ops: int = 2,
+        mixup_alpha: float = 0.0,
+        padding: int = 4,
+        flip: bool = True,
+        padding_mode: str = "zeros",
+        num_magnitude_bins: int = 31,
+        fill: float | Sequence[float] = 0,
+        erasing: float = 0.0,
+        min_area: float = 1.0,
+        resize_mode: str = "resize",
+        preprocess: Callable[[Tensor, int], Tensor] | None = None,
+    ):
         if resize_mode not in ("resize", "crop"):
             raise ValueError(f"resize_mode must be 'resize' or 'crop', got {resize_mode!r}")
         self.num_classes = num_classes
@@ -676,12 +743,15 @@ class BatchAugmenter:
     def _resize_and_normalize(self, images: Tensor, size: int) -> Tensor:
         # mean/std cached per device: building them from Python lists on a GPU every batch would sync
         if images.device not in self._mean_std_on:
-            self._mean_std_on[images.device] = (torch.tensor(self.mean, device=images.device),
-                                                torch.tensor(self.std, device=images.device))
+            self._mean_std_on[images.device] = (
+                torch.tensor(self.mean, device=images.device),
+                torch.tensor(self.std, device=images.device),
+            )
         return normalize(resize(images.float(), size), *self._mean_std_on[images.device])
 
-    def __call__(self, images: Tensor, labels: Tensor,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         augmented = random_resized_crop(images, self.min_area, generator)
         augmented = random_crop_flip(augmented, self.padding, generator, self.flip, self.padding_mode)
         if self.randaugment.num_ops > 0:
@@ -701,9 +771,11 @@ class BatchAugmenter:
         return self.preprocess(images, self.eval_size(images.shape[-1]))
 
     def __repr__(self) -> str:
-        return (f"BatchAugmenter(image_size={self.image_size}, {self.randaugment}, "
-                f"mixup_alpha={self.mixup_alpha}, padding={self.padding}, flip={self.flip}, erasing={self.erasing}, "
-                f"min_area={self.min_area}, resize_mode={self.resize_mode!r})")
+        return (
+            f"BatchAugmenter(image_size={self.image_size}, {self.randaugment}, "
+            f"mixup_alpha={self.mixup_alpha}, padding={self.padding}, flip={self.flip}, erasing={self.erasing}, "
+            f"min_area={self.min_area}, resize_mode={self.resize_mode!r})"
+        )
 
 
 def stage_views(augmenter: BatchAugmenter, images: Tensor, labels: Tensor, stages, seed: int = 0) -> list[Tensor]:

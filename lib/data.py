@@ -13,6 +13,7 @@ Where data is looked for, in order:
 3. torchvision's download (needs internet, and ``download=True``).
 Nothing found is ever deleted: a corrupt file is reported by name and left in place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,18 @@ TRAIN_IMAGES_AND_CHANNELS = {"fashion_mnist": (60000, 1), "cifar10": (50000, 3),
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -67,6 +78,7 @@ class CorruptDataError(DatasetError):
 @dataclass
 class Split:
     """Images as uint8 N x C x H x W and labels as int64 N, on one device."""
+
     images: torch.Tensor
     labels: torch.Tensor
 
@@ -80,14 +92,15 @@ class Split:
 @dataclass
 class Dataset:
     """A dataset's three splits plus what a trainer needs to know about it."""
+
     name: str
     classes: tuple[str, ...]
     train: Split
     val: Split
     test: Split
-    mean: tuple[float, ...]   # per channel, 0-1 units, from the training split only
+    mean: tuple[float, ...]  # per channel, 0-1 units, from the training split only
     std: tuple[float, ...]
-    source: str               # where the files were found
+    source: str  # where the files were found
     extra: dict = field(default_factory=dict)
 
     @property
@@ -103,13 +116,30 @@ class Dataset:
         return self.train.images.shape[-1]
 
     def to(self, device) -> "Dataset":
-        return Dataset(self.name, self.classes, self.train.to(device), self.val.to(device),
-                       self.test.to(device), self.mean, self.std, self.source, self.extra)
+        return Dataset(
+            self.name,
+            self.classes,
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.mean,
+            self.std,
+            self.source,
+            self.extra,
+        )
 
 
-def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: float = 0.1,
-                 seed: int = 0, device: str | torch.device = "cpu", download: bool = True,
-                 image_size: int = 64, limit: int | None = None) -> Dataset:
+def load_dataset(
+    name: str,
+    root: str | os.PathLike = "data",
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+    image_size: int = 64,
+    limit: int | None = None,
+) -> Dataset:
     """Load ``name`` (one of ``KNOWN_DATASETS``, or a path to an image folder) as uint8 tensors.
 
     The training files are split into train/validation, stratified by class, from ``seed``;
@@ -134,7 +164,8 @@ def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: f
     else:
         raise UnknownDatasetError(
             f"unknown dataset {name!r}: known ones are {', '.join(KNOWN_DATASETS)}, "
-            f"or the path of an image folder (one sub-folder per class)")
+            f"or the path of an image folder (one sub-folder per class)"
+        )
     for split_name, split in (("training", train_full), ("test", test)):
         check_labels(split, len(classes), f"{source} ({split_name} split)")
     train, val = stratified_split(train_full, val_fraction, seed, classes)
@@ -147,6 +178,7 @@ def load_dataset(name: str, root: str | os.PathLike = "data", *, val_fraction: f
 
 # ---------------------------------------------------------------- splitting and statistics
 
+
 def known_train_images(name: str, val_fraction: float) -> int | None:
     """Images in a known dataset's training split once the validation split is taken, without the
     data on disk (for estimates); None for a dataset whose size is not known (an image folder)."""
@@ -156,8 +188,9 @@ def known_train_images(name: str, val_fraction: float) -> int | None:
     return files - (max(1, round(files * val_fraction)) if val_fraction else 0)
 
 
-def stratified_split(split: Split, val_fraction: float, seed: int,
-                     classes: tuple[str, ...] | list[str] | None = None) -> tuple[Split, Split]:
+def stratified_split(
+    split: Split, val_fraction: float, seed: int, classes: tuple[str, ...] | list[str] | None = None
+) -> tuple[Split, Split]:
     """Deterministic per-class split: the same seed gives the same validation images anywhere."""
     if val_fraction == 0:
         return split, Split(split.images[:0], split.labels[:0])
@@ -167,14 +200,18 @@ def stratified_split(split: Split, val_fraction: float, seed: int,
         idx = torch.nonzero(split.labels == c).flatten()
         if len(idx) < 2:
             name = repr(classes[c]) if classes is not None else c
-            raise DatasetError(f"class {name} has {len(idx)} image: at least 2 per class are needed to keep one "
-                               f"apart (validation or test)")
+            raise DatasetError(
+                f"class {name} has {len(idx)} image: at least 2 per class are needed to keep one "
+                f"apart (validation or test)"
+            )
         idx = idx[torch.randperm(len(idx), generator=g)]
         val_idx.append(idx[: max(1, round(len(idx) * val_fraction))])
     val_mask = torch.zeros(len(split), dtype=torch.bool)
     val_mask[torch.cat(val_idx)] = True
-    return (Split(split.images[~val_mask], split.labels[~val_mask]),
-            Split(split.images[val_mask], split.labels[val_mask]))
+    return (
+        Split(split.images[~val_mask], split.labels[~val_mask]),
+        Split(split.images[val_mask], split.labels[val_mask]),
+    )
 
 
 def check_labels(split: Split, num_classes: int, where: str) -> None:
@@ -183,8 +220,10 @@ def check_labels(split: Split, num_classes: int, where: str) -> None:
         raise DatasetError(f"{where}: no images")
     low, high = int(split.labels.min()), int(split.labels.max())
     if low < 0 or high >= num_classes:
-        raise CorruptDataError(f"{where}: labels run from {low} to {high}, but there are {num_classes} classes "
-                               f"(0..{num_classes - 1}); the label file does not match the data")
+        raise CorruptDataError(
+            f"{where}: labels run from {low} to {high}, but there are {num_classes} classes "
+            f"(0..{num_classes - 1}); the label file does not match the data"
+        )
 
 
 def _stratified_head(split: Split, limit: int) -> Split:
@@ -218,6 +257,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 # ---------------------------------------------------------------- reading through torchvision
 
+
 def _read_or_name(read, files: dict[Path, Path], check, what: str):
     """``read()``, a torchvision dataset; if it fails, the error names the first file that ``check``
     (reading that one file) rejects, as ``files`` maps the path read to the path to name (a
@@ -233,11 +273,13 @@ def _read_or_name(read, files: dict[Path, Path], check, what: str):
                 culprit, reason = named, bad
                 break
         reason = " ".join(f"{type(reason).__name__}: {reason}".split()).rstrip(": ")[:200]
-        raise CorruptDataError(f"{culprit}: {what} ({reason}); delete it and load again, "
-                               f"or reinstall its source") from None
+        raise CorruptDataError(
+            f"{culprit}: {what} ({reason}); delete it and load again, or reinstall its source"
+        ) from None
 
 
 # ---------------------------------------------------------------- Fashion-MNIST (idx files)
+
 
 def _load_fashion_mnist(root: Path, download: bool):
     raw = root / "FashionMNIST" / "raw"
@@ -256,17 +298,24 @@ def _read_fashion_mnist(root: Path, found: dict[str, Path], train: bool) -> Spli
     images_name, labels_name = FASHION_MNIST_FILES["train" if train else "test"]
     raw = root / "FashionMNIST" / "raw"
     checks = {raw / images_name: read_image_file, raw / labels_name: read_label_file}
-    ds = _read_or_name(lambda: FashionMNIST(str(root), train=train),
-                       {raw / n: found[n] for n in (images_name, labels_name)}, lambda path: checks[path](str(path)),
-                       "not a whole idx file: truncated or padded, or no idx header")
+    ds = _read_or_name(
+        lambda: FashionMNIST(str(root), train=train),
+        {raw / n: found[n] for n in (images_name, labels_name)},
+        lambda path: checks[path](str(path)),
+        "not a whole idx file: truncated or padded, or no idx header",
+    )
     if len(ds.data) != len(ds.targets):
-        raise CorruptDataError(f"{found[images_name]} and {found[labels_name]} do not match "
-                               f"(images {tuple(ds.data.shape)}, labels {tuple(ds.targets.shape)})")
+        raise CorruptDataError(
+            f"{found[images_name]} and {found[labels_name]} do not match "
+            f"(images {tuple(ds.data.shape)}, labels {tuple(ds.targets.shape)})"
+        )
     return Split(ds.data.unsqueeze(1), ds.targets)
 
 
-FASHION_MNIST_HINT = ("Fashion-MNIST is not on this machine: apt-get install dataset-fashion-mnist "
-                      "(or put the idx files in data/FashionMNIST/raw)")
+FASHION_MNIST_HINT = (
+    "Fashion-MNIST is not on this machine: apt-get install dataset-fashion-mnist "
+    "(or put the idx files in data/FashionMNIST/raw)"
+)
 
 
 def fashion_mnist_available(root: str | os.PathLike = "data") -> bool:
@@ -304,7 +353,7 @@ def _torchvision_layout(found: dict[str, Path], raw: Path, install: bool):
     if install:
         try:
             _plain_files(found, raw)
-        except OSError:                 # cannot write there
+        except OSError:  # cannot write there
             pass
         else:
             yield raw.parents[1]
@@ -322,14 +371,17 @@ def _plain_files(found: dict[str, Path], raw: Path) -> None:
         try:
             data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         except (OSError, EOFError, zlib.error) as e:
-            raise CorruptDataError(f"{path}: cannot be read ({' '.join(str(e).split())}); delete it and load "
-                                   f"again, or reinstall its source") from None
+            raise CorruptDataError(
+                f"{path}: cannot be read ({' '.join(str(e).split())}); delete it and load "
+                f"again, or reinstall its source"
+            ) from None
         tmp = raw / f".{name}.partial"
         tmp.write_bytes(data)
         os.replace(tmp, raw / name)
 
 
 # ---------------------------------------------------------------- CIFAR (python pickles)
+
 
 def _load_cifar(key: str, root: Path, download: bool):
     folder_name, train_files, test_files, meta_file = CIFAR_LAYOUT[key]
@@ -341,8 +393,12 @@ def _load_cifar(key: str, root: Path, download: bool):
     cls = _CIFAR[key]
     splits = []
     for train, files in ((True, train_files), (False, test_files)):
-        ds = _read_or_name(lambda: cls(str(root), train=train), {folder / f: folder / f for f in [*files, meta_file]},
-                           _unpickle, "cannot be unpickled as a CIFAR batch")
+        ds = _read_or_name(
+            lambda: cls(str(root), train=train),
+            {folder / f: folder / f for f in [*files, meta_file]},
+            _unpickle,
+            "cannot be unpickled as a CIFAR batch",
+        )
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2), dtype=np.uint8))
         if len(images) != len(ds.targets):
             raise CorruptDataError(f"{folder}: {len(images)} images but {len(ds.targets)} labels")
@@ -354,9 +410,15 @@ def _without_md5(base: type) -> type:
     """torchvision's CIFAR class without the md5 of every file: that check accepts the published files
     only, byte for byte, while reading them names a corrupt one, and copies in the same format (a
     re-pickled batch, the tests' small files) load too. Downloads keep the md5 check."""
-    return type(base.__name__, (base,), {"train_list": [[name, None] for name, _ in base.train_list],
-                                         "test_list": [[name, None] for name, _ in base.test_list],
-                                         "meta": {**base.meta, "md5": None}})
+    return type(
+        base.__name__,
+        (base,),
+        {
+            "train_list": [[name, None] for name, _ in base.train_list],
+            "test_list": [[name, None] for name, _ in base.test_list],
+            "meta": {**base.meta, "md5": None},
+        },
+    )
 
 
 _CIFAR = {"cifar10": _without_md5(CIFAR10), "cifar100": _without_md5(CIFAR100)}
@@ -371,18 +433,24 @@ def _unpickle(path: Path) -> None:
 
 # ---------------------------------------------------------------- downloads
 
+
 def _download(key: str, root: Path, download: bool, searched: list[str]) -> None:
     """torchvision's download into ``root``; any failure becomes one message naming every place."""
-    hint = {"fashion_mnist": "install Debian's package (apt-get install dataset-fashion-mnist), or "
-                             "allow the download with internet access",
-            }.get(key, "allow the download with internet access, or copy torchvision's "
-                       f"{CIFAR_LAYOUT.get(key, ('',))[0]} folder into {root}")
+    hint = {
+        "fashion_mnist": "install Debian's package (apt-get install dataset-fashion-mnist), or "
+        "allow the download with internet access",
+    }.get(
+        key,
+        "allow the download with internet access, or copy torchvision's "
+        f"{CIFAR_LAYOUT.get(key, ('',))[0]} folder into {root}",
+    )
     if not download:
-        raise DataNotFoundError(f"{key} not found; searched: {'; '.join(searched)}. "
-                                f"Download is disabled: {hint}.")
-    cls = {"fashion_mnist": torchvision.datasets.FashionMNIST,
-           "cifar10": torchvision.datasets.CIFAR10,
-           "cifar100": torchvision.datasets.CIFAR100}[key]
+        raise DataNotFoundError(f"{key} not found; searched: {'; '.join(searched)}. Download is disabled: {hint}.")
+    cls = {
+        "fashion_mnist": torchvision.datasets.FashionMNIST,
+        "cifar10": torchvision.datasets.CIFAR10,
+        "cifar100": torchvision.datasets.CIFAR100,
+    }[key]
     try:
         root.mkdir(parents=True, exist_ok=True)
         for train in (True, False):
@@ -390,10 +458,12 @@ def _download(key: str, root: Path, download: bool, searched: list[str]) -> None
     except Exception as e:  # network errors come in many types (URLError, socket, HTTP, md5)
         raise DataNotFoundError(
             f"{key} not found; searched: {'; '.join(searched)}; the download into {root} failed "
-            f"({type(e).__name__}: {e}). To get the data: {hint}.") from None
+            f"({type(e).__name__}: {e}). To get the data: {hint}."
+        ) from None
 
 
 # ---------------------------------------------------------------- image folders
+
 
 def _load_image_folder(folder: Path, image_size: int, seed: int):
     """``folder/<class>/*.png`` (split into train/test by ``seed``) or ``folder/{train,test}/<class>/``."""
@@ -402,8 +472,10 @@ def _load_image_folder(folder: Path, image_size: int, seed: int):
         test_classes = _folder_classes(folder / "test", at_least=1)
         if test_classes != classes:
             missing, extra = sorted(set(classes) - set(test_classes)), sorted(set(test_classes) - set(classes))
-            raise DatasetError(f"{folder}: train/ and test/ must hold the same classes; test/ lacks {missing or 'none'}"
-                               f", has extra {extra or 'none'}")
+            raise DatasetError(
+                f"{folder}: train/ and test/ must hold the same classes; test/ lacks {missing or 'none'}"
+                f", has extra {extra or 'none'}"
+            )
         train = _read_image_files(folder / "train", classes, image_size)
         test = _read_image_files(folder / "test", classes, image_size)
     else:
@@ -413,14 +485,16 @@ def _load_image_folder(folder: Path, image_size: int, seed: int):
 
 
 def _folder_classes(folder: Path, at_least: int = 2) -> list[str]:
-    classes = sorted(d.name for d in folder.iterdir()
-                     if d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()))
+    classes = sorted(
+        d.name for d in folder.iterdir() if d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir())
+    )
     if not classes:
-        raise DataNotFoundError(f"{folder}: no images found; expected one sub-folder per class "
-                                f"holding {'/'.join(sorted(IMAGE_SUFFIXES))} files")
+        raise DataNotFoundError(
+            f"{folder}: no images found; expected one sub-folder per class "
+            f"holding {'/'.join(sorted(IMAGE_SUFFIXES))} files"
+        )
     if len(classes) < at_least:
-        raise DatasetError(f"{folder}: only one class ({classes[0]!r}) has images; "
-                           f"classification needs at least two")
+        raise DatasetError(f"{folder}: only one class ({classes[0]!r}) has images; classification needs at least two")
     return classes
 
 
@@ -428,8 +502,12 @@ def _read_image_files(folder: Path, classes: list[str], image_size: int) -> Spli
     """Every image of ``classes`` under ``folder``, listed as ``ImageFolder`` lists them (sorted, sub-folders
     included), resized as it loads: the images of a folder differ in size."""
     from PIL import Image, UnidentifiedImageError
-    samples = ImageFolder.make_dataset(str(folder), {c: i for i, c in enumerate(classes)},
-                                       is_valid_file=lambda p: Path(p).suffix.lower() in IMAGE_SUFFIXES)
+
+    samples = ImageFolder.make_dataset(
+        str(folder),
+        {c: i for i, c in enumerate(classes)},
+        is_valid_file=lambda p: Path(p).suffix.lower() in IMAGE_SUFFIXES,
+    )
     images, labels = [], []
     for path, label in samples:
         try:
@@ -446,6 +524,7 @@ def _read_image_files(folder: Path, classes: list[str], image_size: int) -> Spli
 
 # ---------------------------------------------------------------- batching on the device
 
+
 class DeviceLoader:
     """Shuffle and batch tensors that already live on the device: one gather per batch.
 
@@ -454,8 +533,17 @@ class DeviceLoader:
     ``world_size``-th sample of the same permutation (what ``DistributedSampler`` does).
     """
 
-    def __init__(self, split: Split, batch_size: int, *, shuffle: bool = True,
-                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.split, self.batch_size = split, batch_size
@@ -482,7 +570,7 @@ class DeviceLoader:
         n = len(self.split)
         idx = self.permutation()
         if self.world_size > 1:
-            idx = idx[: n - n % self.world_size][self.rank::self.world_size]
+            idx = idx[: n - n % self.world_size][self.rank :: self.world_size]
         return idx.to(self.split.images.device)
 
     def __len__(self) -> int:
@@ -492,5 +580,5 @@ class DeviceLoader:
     def __iter__(self):
         idx = self._indices()
         for start in range(self.start * self.batch_size, len(self) * self.batch_size, self.batch_size):
-            batch = idx[start:start + self.batch_size]
+            batch = idx[start : start + self.batch_size]
             yield self.split.images[batch], self.split.labels[batch]

@@ -4,6 +4,7 @@ Everything here runs on a CPU as well (CPU autocast in bf16 or fp16, a CPU GradS
 with a tracing backend), so the tests exercise the GPU recipe's code paths; what only CUDA can
 do is the few ``device.type == "cuda"`` lines below.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,35 +31,52 @@ def resolve(spec: str, local_rank: int | None = None) -> torch.device:
     index = int(spec[5:]) if spec.startswith("cuda:") else None
     if local_rank is not None:
         if index is not None:
-            raise ValueError(f"--device {spec} under torchrun: each process takes the GPU of its local rank; "
-                             f"use --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+            raise ValueError(
+                f"--device {spec} under torchrun: each process takes the GPU of its local rank; "
+                f"use --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)"
+            )
         index = local_rank
     if count == 0:
-        fix = "switch on the GPU runtime (Colab: Runtime > Change runtime type; Kaggle: Accelerator)" \
-            if torch.version.cuda else "install a CUDA build of torch on a machine with a GPU"
+        fix = (
+            "switch on the GPU runtime (Colab: Runtime > Change runtime type; Kaggle: Accelerator)"
+            if torch.version.cuda
+            else "install a CUDA build of torch on a machine with a GPU"
+        )
         raise ValueError(f"--device {spec}: {cuda_seen(count)}; {fix}, or run with --device cpu")
     if index is not None and index >= count and local_rank is not None:
-        raise ValueError(f"torchrun process {local_rank} needs cuda:{index}: {cuda_seen(count)}; start at most "
-                         f"{count} process(es) per machine (--nproc_per_node {count})")
+        raise ValueError(
+            f"torchrun process {local_rank} needs cuda:{index}: {cuda_seen(count)}; start at most "
+            f"{count} process(es) per machine (--nproc_per_node {count})"
+        )
     if index is not None and index >= count:
-        raise ValueError(f"--device {spec}: {cuda_seen(count)}; choose "
-                         f"{'cuda:0' if count == 1 else f'cuda:0 to cuda:{count - 1}'} or run with --device cpu")
+        raise ValueError(
+            f"--device {spec}: {cuda_seen(count)}; choose "
+            f"{'cuda:0' if count == 1 else f'cuda:0 to cuda:{count - 1}'} or run with --device cpu"
+        )
     return torch.device("cuda", index) if index is not None else torch.device("cuda")
 
 
 def cuda_seen(count: int) -> str:
     """What torch sees of CUDA, in words: its build and the device count."""
-    build = f"torch {torch.__version__} (built with CUDA {torch.version.cuda})" if torch.version.cuda else \
-        f"torch {torch.__version__} (a CPU-only build)"
+    build = (
+        f"torch {torch.__version__} (built with CUDA {torch.version.cuda})"
+        if torch.version.cuda
+        else f"torch {torch.__version__} (a CPU-only build)"
+    )
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
     listed = f" ({', '.join(f'cuda:{i}' for i in range(count))})" if count else ""
-    return f"{build} sees {count} CUDA device{'s' if count != 1 else ''}{listed}" + \
-        (f" with CUDA_VISIBLE_DEVICES={hidden!r}" if hidden is not None else "")
+    return f"{build} sees {count} CUDA device{'s' if count != 1 else ''}{listed}" + (
+        f" with CUDA_VISIBLE_DEVICES={hidden!r}" if hidden is not None else ""
+    )
 
 
 def describe(spec: str, device: torch.device) -> str:
     """The device for the start line; ``auto`` that fell back to the CPU says so."""
-    return f"{device} (--device auto: torch sees no CUDA device)" if spec == "auto" and device.type == "cpu" else str(device)
+    return (
+        f"{device} (--device auto: torch sees no CUDA device)"
+        if spec == "auto" and device.type == "cpu"
+        else str(device)
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -72,6 +90,7 @@ def bf16_supported(device: torch.device) -> bool:
 @dataclass
 class Precision:
     """The autocast dtype (None: fp32) and the gradient scaler fp16 needs (disabled otherwise)."""
+
     device: torch.device
     dtype: torch.dtype | None
     scaler: torch.amp.GradScaler
@@ -96,8 +115,10 @@ def precision(amp: str, device: torch.device) -> Precision:
         dtype = (torch.bfloat16 if bf16_supported(device) else torch.float16) if device.type == "cuda" else None
     elif amp == "bf16":
         if not bf16_supported(device):
-            raise ValueError(f"amp bf16: {device_name(device)} cannot compute in bf16; it supports fp16 "
-                             f"(--set amp=fp16) or fp32 (--set amp=off)")
+            raise ValueError(
+                f"amp bf16: {device_name(device)} cannot compute in bf16; it supports fp16 "
+                f"(--set amp=fp16) or fp32 (--set amp=off)"
+            )
         dtype = torch.bfloat16
     else:
         dtype = {"fp16": torch.float16, "off": None}[amp]
@@ -120,8 +141,9 @@ class Compiler:
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
         self.mode = mode
-        self.backend = ("inductor" if device.type == "cuda" else None) if mode == "auto" else \
-            (None if mode == "off" else mode)
+        self.backend = (
+            ("inductor" if device.type == "cuda" else None) if mode == "auto" else (None if mode == "off" else mode)
+        )
         if self.backend == "inductor" and device.type == "cpu":
             require_cpp_compiler()
             logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_note)
@@ -141,6 +163,7 @@ class Compiler:
         def counting_backend(graph, example_inputs):
             self.compilations += 1
             return inner(graph, example_inputs)
+
         return torch.compile(model, backend=counting_backend, dynamic=False)
 
     @property
@@ -150,6 +173,7 @@ class Compiler:
     @staticmethod
     def _graph_breaks_so_far() -> int:
         from torch._dynamo.utils import counters
+
         return sum(counters["graph_break"].values())
 
 
@@ -162,12 +186,15 @@ def require_cpp_compiler() -> None:
     """Inductor's CPU backend builds C++ kernels: ask its own compiler search ($CXX, else g++) now,
     so a machine without one gets a line before any work instead of a traceback at the first step."""
     from torch._inductor import config, cpp_builder, exc
+
     try:
         cpp_builder.get_cpp_compiler()
     except exc.InvalidCxxCompiler:
-        raise ValueError(f"compile inductor on a CPU builds C++ kernels, and the C++ compiler {config.cpp.cxx[-1]!r} "
-                         f"was not found: install one (Debian: apt-get install g++), name it in CXX, or run "
-                         f"without --compile") from None
+        raise ValueError(
+            f"compile inductor on a CPU builds C++ kernels, and the C++ compiler {config.cpp.cxx[-1]!r} "
+            f"was not found: install one (Debian: apt-get install g++), name it in CXX, or run "
+            f"without --compile"
+        ) from None
 
 
 def synchronize(device: torch.device) -> None:

@@ -5,6 +5,7 @@ SyncBatchNorm only runs on accelerators, so on CPU (gloo) BatchNorm layers are r
 ``SyncBatchNorm2d`` below, which all-reduces the per-channel sums with autograd support: the
 statistics, and so the gradients, are those of the global batch.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ class Context:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
-    control: object = None              # the group for small host-side values (gloo; None: the default group)
+    control: object = None  # the group for small host-side values (gloo; None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -37,7 +38,7 @@ def setup(device: str = "auto") -> Context:
     """Initialise the process group when launched by torchrun; pick the device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world_size > 1 else None
-    chosen = devices.resolve(device, local_rank)      # before the process group: every process refuses alike
+    chosen = devices.resolve(device, local_rank)  # before the process group: every process refuses alike
     cuda = chosen.type == "cuda"
     if cuda and chosen.index is not None:
         torch.cuda.set_device(chosen)
@@ -89,16 +90,16 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm over the global batch on any device (PyTorch's own needs CUDA)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce  # autograd-aware
+
         c = x.shape[1]
         count = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
         stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
         n = stats[-1]
         mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -115,11 +116,11 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SyncBatchNorm2d):
-            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats)
+            sync = SyncBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             sync.load_state_dict(child.state_dict())
             setattr(model, name, sync)
         else:
             convert_sync_batchnorm(child, device)
     return model
-

@@ -5,6 +5,7 @@ that names it, before any work starts, instead of a traceback deep inside traini
 also records which notebook is running with which parameters, so every training run it makes
 names the command that produced it (``lib.runs.command``).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,8 @@ class NotebookRun:
     profile: str
     seed: int
     data_root: Path
-    out: Path          # figures/<dataset>/ (or the folder a test asked for)
-    runs: Path         # <runs_dir>/<dataset>/<profile>/: training runs (checkpoints, metrics)
+    out: Path  # figures/<dataset>/ (or the folder a test asked for)
+    runs: Path  # <runs_dir>/<dataset>/<profile>/: training runs (checkpoints, metrics)
 
     def save_figure(self, fig, name: str) -> Path:
         """Save as PNG under ``out`` (what the README and slides link to) and return the path."""
@@ -42,8 +43,12 @@ class NotebookRun:
         """Write ``payload`` next to the figures, with the parameters and machine that produced it."""
         path = self.out / name
         parameters = {k: runs.display_path(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-        runs.write_json(path, _portable({"parameters": parameters, "command": runs.command(),
-                                         "environment": runs.environment(), **payload}))
+        runs.write_json(
+            path,
+            _portable(
+                {"parameters": parameters, "command": runs.command(), "environment": runs.environment(), **payload}
+            ),
+        )
         return path
 
 
@@ -59,25 +64,38 @@ def _portable(value):
     return value
 
 
-def start(notebook: str, dataset: str, profile: str, seed: int = 0, figures_dir: str = "figures",
-          data_root: str = "data", runs_dir: str = "runs") -> NotebookRun:
+def start(
+    notebook: str,
+    dataset: str,
+    profile: str,
+    seed: int = 0,
+    figures_dir: str = "figures",
+    data_root: str = "data",
+    runs_dir: str = "runs",
+) -> NotebookRun:
     """Validate a notebook's parameters, fix the seeds, make its output folder, record its command."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
     key = str(dataset).lower().replace("-", "_")
-    if key not in KNOWN_DATASETS and not runs.resolve(data_root).joinpath(dataset).is_dir() \
-            and not Path(dataset).is_dir():
-        raise ValueError(f"unknown dataset {dataset!r}: known ones are {', '.join(KNOWN_DATASETS)}, "
-                         f"or the path of an image folder")
+    if (
+        key not in KNOWN_DATASETS
+        and not runs.resolve(data_root).joinpath(dataset).is_dir()
+        and not Path(dataset).is_dir()
+    ):
+        raise ValueError(
+            f"unknown dataset {dataset!r}: known ones are {', '.join(KNOWN_DATASETS)}, or the path of an image folder"
+        )
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed_everything(seed)
     out = runs.resolve(figures_dir) / Path(key).name
     out.mkdir(parents=True, exist_ok=True)
     os.environ[runs.NOTEBOOK_ENV] = shlex.join(
-        [f"notebooks/{notebook}.ipynb", "-p", "dataset", key, "-p", "profile", profile, "-p", "seed", str(seed)])
-    return NotebookRun(notebook, key, profile, seed, runs.resolve(data_root), out,
-                       runs.resolve(runs_dir) / Path(key).name / profile)
+        [f"notebooks/{notebook}.ipynb", "-p", "dataset", key, "-p", "profile", profile, "-p", "seed", str(seed)]
+    )
+    return NotebookRun(
+        notebook, key, profile, seed, runs.resolve(data_root), out, runs.resolve(runs_dir) / Path(key).name / profile
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -93,7 +111,7 @@ def transfer_targets(dataset: str, transfer_datasets) -> list[str]:
         transfer_datasets = [transfer_datasets]
     if not transfer_datasets:
         raise ValueError(f"transfer_datasets is empty: name at least one of {', '.join(KNOWN_DATASETS)}")
-    spelled = {name.replace("_", ""): name for name in KNOWN_DATASETS}      # CIFAR-100, cifar_100, ...
+    spelled = {name.replace("_", ""): name for name in KNOWN_DATASETS}  # CIFAR-100, cifar_100, ...
     targets = [spelled.get(str(t).lower().replace("-", "").replace("_", ""), str(t)) for t in transfer_datasets]
     unknown = [t for t in targets if t not in KNOWN_DATASETS]
     if unknown:
@@ -120,7 +138,7 @@ def noisy_outputs(outputs) -> list[str]:
             found.append(f"error: {out.get('ename')}: {out.get('evalue')}")
         elif kind == "stream" and out.get("name") == "stderr":
             if not stderr:
-                found.append(None)      # all of the cell's stderr in one line, where it started
+                found.append(None)  # all of the cell's stderr in one line, where it started
             stderr.append(text)
         elif WARNING.search(text):
             line = next(line for line in text.splitlines() if WARNING.search(line))

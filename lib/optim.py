@@ -10,6 +10,7 @@ never decay. The learning rate is ``lr x warm-up x decay`` at every optimizer st
   ``cosine`` (to zero over the run, per step), ``plateau`` (ReduceLROnPlateau: halve after 2
   epochs without a better validation accuracy) or ``none``.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,14 @@ import warnings
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import (ChainedScheduler, LambdaLR, LRScheduler, MultiplicativeLR, ReduceLROnPlateau,
-                                      SequentialLR)
+from torch.optim.lr_scheduler import (
+    ChainedScheduler,
+    LambdaLR,
+    LRScheduler,
+    MultiplicativeLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
 
 from .profiles import TrainConfig
 
@@ -30,8 +37,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": 0.0, "scheduled_decay": True},
-              {"params": no_decay, "weight_decay": 0.0, "scheduled_decay": False}]
+    groups = [
+        {"params": decay, "weight_decay": 0.0, "scheduled_decay": True},
+        {"params": no_decay, "weight_decay": 0.0, "scheduled_decay": False},
+    ]
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
     if config.optimizer == "adamw":
@@ -52,8 +61,9 @@ def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
 PLATEAU = {"mode": "max", "factor": 0.5, "patience": 2, "threshold": 1e-4, "threshold_mode": "rel", "eps": 0.0}
 
 
-def lr_schedulers(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                  steps_per_epoch: int) -> tuple[LRScheduler, ReduceLROnPlateau | None]:
+def lr_schedulers(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> tuple[LRScheduler, ReduceLROnPlateau | None]:
     """The learning rate as torch.optim.lr_scheduler objects: one moved on before every optimizer step
     after the first (``step_lr``), and for ``plateau`` a ReduceLROnPlateau stepped after validation.
 
@@ -67,18 +77,22 @@ def lr_schedulers(optimizer: torch.optim.Optimizer, config: TrainConfig,
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     warm_up = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
     if config.scheduler == "plateau":
-        earliest = PLATEAU["patience"] + 2              # epochs before ReduceLROnPlateau can first halve the rate
+        earliest = PLATEAU["patience"] + 2  # epochs before ReduceLROnPlateau can first halve the rate
         if warmup_steps > earliest * steps_per_epoch:
-            raise ValueError(f"scheduler plateau may halve the rate after {earliest} epochs, inside a warm-up of "
-                             f"{config.warmup_epochs:g} epochs, which would undo it: warm up for at most {earliest}")
+            raise ValueError(
+                f"scheduler plateau may halve the rate after {earliest} epochs, inside a warm-up of "
+                f"{config.warmup_epochs:g} epochs, which would undo it: warm up for at most {earliest}"
+            )
         steady = MultiplicativeLR(optimizer, lambda step: 1.0)
-        return (SequentialLR(optimizer, [warm_up, steady], milestones=[warmup_steps]),
-                ReduceLROnPlateau(optimizer, **PLATEAU))
+        return (
+            SequentialLR(optimizer, [warm_up, steady], milestones=[warmup_steps]),
+            ReduceLROnPlateau(optimizer, **PLATEAU),
+        )
 
-    def exponential(step: int) -> float:        # the coursework's ExponentialLR, per epoch
+    def exponential(step: int) -> float:  # the coursework's ExponentialLR, per epoch
         return config.gamma ** (step // steps_per_epoch)
 
-    def cosine(step: int) -> float:             # to zero at the end of the run
+    def cosine(step: int) -> float:  # to zero at the end of the run
         return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
 
     decay = {"exponential": exponential, "cosine": cosine, "none": lambda step: 1.0}[config.scheduler]
@@ -103,11 +117,13 @@ def ema_of(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMode
     the average can predict at chance. Computed on the device, without a host synchronisation per
     step.
     """
+
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        if not averaged[0].is_floating_point():                  # BatchNorm's num_batches_tracked
+        if not averaged[0].is_floating_point():  # BatchNorm's num_batches_tracked
             torch._foreach_copy_(averaged, current)
             return
         weight = 1 - torch.clamp((1 + updates) / (10 + updates), max=decay).to(averaged[0].dtype)
         torch._foreach_lerp_(averaged, current, weight)
+
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)

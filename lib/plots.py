@@ -4,6 +4,7 @@ Each function draws on the axis (or figure) it is given and labels what it draws
 shows a figure: the notebook does (``run.save_figure``, ``plt.show``). The accuracy plots take
 percentages of a fraction (0.93 -> 93%) and leave no empty range beside the data.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -31,10 +32,19 @@ def legend_outside(ax, **kwargs) -> None:
 
 # ---------------------------------------------------------------- accuracy of arms over seeds
 
-def seed_range_bars(ax, table: pd.DataFrame, *, runs: pd.DataFrame | None = None, colors=None,
-                    notes: list[str] | None = None, linear: float | None = None,
-                    floor: float | None = None, references=(), labels: list[str] | None = None
-                    ) -> None:
+
+def seed_range_bars(
+    ax,
+    table: pd.DataFrame,
+    *,
+    runs: pd.DataFrame | None = None,
+    colors=None,
+    notes: list[str] | None = None,
+    linear: float | None = None,
+    floor: float | None = None,
+    references=(),
+    labels: list[str] | None = None,
+) -> None:
     """Per arm: a bar at its mean test accuracy, a black line from its lowest to its highest seed
     and a dot per seed. Two arms differ only where their lines do not overlap
     (``studies.verdict``); one run per arm could not show that.
@@ -64,10 +74,9 @@ def seed_range_bars(ax, table: pd.DataFrame, *, runs: pd.DataFrame | None = None
         ax.axvline(floor * 100, color="k", ls="--", lw=1, label=f"strong-baseline floor {floor:.0%}")
         lowest = min(lowest, floor)
     for i, (label, accuracy) in enumerate(references):
-        ax.axvline(accuracy * 100, color=f"C{i + 3}", ls="-.", lw=1.2,
-                   label=f"{label}: {accuracy:.2%}")
+        ax.axvline(accuracy * 100, color=f"C{i + 3}", ls="-.", lw=1.2, label=f"{label}: {accuracy:.2%}")
         lowest = min(lowest, accuracy)
-    room = 7 if notes else 1    # the notes are written right of the highest seed
+    room = 7 if notes else 1  # the notes are written right of the highest seed
     highest = max([table.test_accuracy_max.max(), *(a for _, a in references)])
     ax.set_xlim(lowest * 100 - 1.5, min(100, highest * 100 + room))
     ax.set_xlabel("test accuracy (%)")
@@ -76,6 +85,7 @@ def seed_range_bars(ax, table: pd.DataFrame, *, runs: pd.DataFrame | None = None
 
 
 # ---------------------------------------------------------------- what a classifier confuses
+
 
 def confusion_counts(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``counts[i, j]``: images of true class i predicted as class j; row i sums to class i's count."""
@@ -90,8 +100,17 @@ def draw_confusion(ax, counts: torch.Tensor, classes, title: str) -> None:
     diagonal is each class's recall. Numbers are written where a square can hold them."""
     rate = counts.double() / counts.sum(1, keepdim=True).clamp(min=1) * 100
     frame = pd.DataFrame(rate.numpy(), index=list(classes), columns=list(classes))
-    sns.heatmap(frame, annot=len(classes) <= 20, fmt=".0f", cmap="Blues", vmin=0, vmax=100,
-                cbar_kws={"label": "% of the true class"}, ax=ax, square=True)
+    sns.heatmap(
+        frame,
+        annot=len(classes) <= 20,
+        fmt=".0f",
+        cmap="Blues",
+        vmin=0,
+        vmax=100,
+        cbar_kws={"label": "% of the true class"},
+        ax=ax,
+        square=True,
+    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
@@ -102,8 +121,9 @@ def image_grid(images, *, row_labels=None, titles=None, cell: float = 0.95):
     grey images in grey; ``row_labels`` on the left, ``titles`` (same shape) above each image."""
     rows, columns = len(images), max(len(row) for row in images)
     high = cell * (1.45 if titles is not None else 1.0)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell + 1.2, rows * high),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(columns * cell + 1.2, rows * high), squeeze=False, layout="constrained"
+    )
     for r, row in enumerate(images):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([])
@@ -122,24 +142,48 @@ def image_grid(images, *, row_labels=None, titles=None, cell: float = 0.95):
 
 # ---------------------------------------------------------------- a block, from its modules
 
+
 def block_layers(block: nn.Module) -> list[dict]:
     """The layers of one MBConv or Fused-MBConv block, input to output, read from the built
     modules (not from the table they were built from): what ``draw_block`` draws as boxes."""
     layers, body = [], list(block.body)
     for i, module in enumerate(body):
         if isinstance(module, SqueezeExcite):
-            layers.append({"layer": "squeeze-excite", "in": module.fc1.in_channels,
-                           "out": module.fc2.out_channels, "kernel": 1, "stride": 1,
-                           "groups": 1, "after": f"each scaled by a gate computed through {module.fc1.out_channels}"})
+            layers.append(
+                {
+                    "layer": "squeeze-excite",
+                    "in": module.fc1.in_channels,
+                    "out": module.fc2.out_channels,
+                    "kernel": 1,
+                    "stride": 1,
+                    "groups": 1,
+                    "after": f"each scaled by a gate computed through {module.fc1.out_channels}",
+                }
+            )
         elif isinstance(module, ConvBNAct):
             conv, k = module.conv, module.conv.kernel_size[0]
             depthwise = conv.groups > 1 and conv.groups == conv.in_channels
-            role = ("depthwise conv" if depthwise else "project" if i == len(body) - 1 and i > 0
-                    else "expand" if k == 1 else "conv")
+            role = (
+                "depthwise conv"
+                if depthwise
+                else "project"
+                if i == len(body) - 1 and i > 0
+                else "expand"
+                if k == 1
+                else "conv"
+            )
             act = "SiLU" if isinstance(module.act, nn.SiLU) else ""
-            layers.append({"layer": f"{k}x{k} {role}", "in": conv.in_channels, "out": conv.out_channels,
-                           "kernel": k, "stride": conv.stride[0], "groups": conv.groups,
-                           "after": " + ".join(["BN", act] if act else ["BN"])})
+            layers.append(
+                {
+                    "layer": f"{k}x{k} {role}",
+                    "in": conv.in_channels,
+                    "out": conv.out_channels,
+                    "kernel": k,
+                    "stride": conv.stride[0],
+                    "groups": conv.groups,
+                    "after": " + ".join(["BN", act] if act else ["BN"]),
+                }
+            )
     return layers
 
 
@@ -159,24 +203,41 @@ def draw_block(ax, block: nn.Module, title: str) -> None:
     ax.text(0.5, top, f"input: {block.in_ch} channels", ha="center", va="center", fontsize=9)
     for i, layer in enumerate(layers):
         y = top - (i + 1) * step
-        ax.add_patch(FancyBboxPatch((0.05, y - 0.32), 0.9, 0.64, boxstyle="round,pad=0.02",
-                                    facecolor=_colour(layer["layer"]), alpha=0.35, edgecolor="k"))
+        ax.add_patch(
+            FancyBboxPatch(
+                (0.05, y - 0.32),
+                0.9,
+                0.64,
+                boxstyle="round,pad=0.02",
+                facecolor=_colour(layer["layer"]),
+                alpha=0.35,
+                edgecolor="k",
+            )
+        )
         stride = f", stride {layer['stride']}" if layer["stride"] != 1 else ""
-        ax.text(0.5, y + 0.1, f"{layer['layer']}{stride}", ha="center", va="center", fontsize=9,
-                weight="bold")
+        ax.text(0.5, y + 0.1, f"{layer['layer']}{stride}", ha="center", va="center", fontsize=9, weight="bold")
         then = "" if "squeeze" in layer["layer"] else "then "
-        ax.text(0.5, y - 0.15, f"{layer['in']} -> {layer['out']} channels, {then}{layer['after']}",
-                ha="center", va="center", fontsize=8)
-        ax.annotate("", (0.5, y + 0.34), (0.5, y + step - 0.34 if i else top - 0.15),
-                    arrowprops={"arrowstyle": "->"})
+        ax.text(
+            0.5,
+            y - 0.15,
+            f"{layer['in']} -> {layer['out']} channels, {then}{layer['after']}",
+            ha="center",
+            va="center",
+            fontsize=8,
+        )
+        ax.annotate("", (0.5, y + 0.34), (0.5, y + step - 0.34 if i else top - 0.15), arrowprops={"arrowstyle": "->"})
     bottom = top - (len(layers) + 1) * step
     last = top - len(layers) * step
     ax.annotate("", (0.5, bottom + 0.15), (0.5, last - 0.34), arrowprops={"arrowstyle": "->"})
     ending = "add the input, then output" if block.has_residual else "output (no skip: shape changes)"
     ax.text(0.5, bottom, f"{ending}: {block.out_ch} channels", ha="center", va="center", fontsize=9)
     if block.has_residual:
-        ax.annotate("", (0.96, bottom + 0.05), (0.96, top - 0.05),
-                    arrowprops={"arrowstyle": "->", "connectionstyle": "bar,fraction=-0.08", "color": "0.3"})
+        ax.annotate(
+            "",
+            (0.96, bottom + 0.05),
+            (0.96, top - 0.05),
+            arrowprops={"arrowstyle": "->", "connectionstyle": "bar,fraction=-0.08", "color": "0.3"},
+        )
         ax.text(1.08, (top + bottom) / 2, "skip", rotation=90, va="center", fontsize=8, color="0.3")
     ax.set_xlim(0, 1.15)
     ax.set_ylim(bottom - 0.5, top + 0.5)

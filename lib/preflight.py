@@ -14,6 +14,7 @@ and resumes from it into freshly built objects, as an interrupted run would. It 
 ``OUT/preflight.json``. On a CPU it may shrink the batch, and says so; timings read the clock
 only after the device has finished its queued work.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,11 +31,19 @@ from .data import known_train_images
 from .profiles import TrainConfig
 from .progressive import schedule_from_spec
 from .runs import RunFolder, TrainingError, write_json
-from .train import (apply_stage, build, check_model_settings, checkpoint_state, epoch_generator, load_data,
-                    optimizer_step, restore)
+from .train import (
+    apply_stage,
+    build,
+    check_model_settings,
+    checkpoint_state,
+    epoch_generator,
+    load_data,
+    optimizer_step,
+    restore,
+)
 from .train import main as train_main
 
-CPU_BATCH = 8      # images per optimizer step on a CPU: enough to exercise every code path, quick at 200 px
+CPU_BATCH = 8  # images per optimizer step on a CPU: enough to exercise every code path, quick at 200 px
 
 
 def preflight(config: TrainConfig, out: str | Path, *, steps: int = 3, log=print) -> list[dict]:
@@ -55,17 +64,21 @@ def preflight(config: TrainConfig, out: str | Path, *, steps: int = 3, log=print
     shutil.rmtree(scratch.path, ignore_errors=True)
     data = load_data(config, ctx)
     t = build(config, schedule, data, ctx)
-    note = f"{config.batch_size} (the profile's {run_batch}, smaller on a CPU)" if config.batch_size != run_batch else ""
-    log(f"preflight of {config.model} ({config.profile or 'custom'} profile) on {data.name}, {ctx.device} "
+    note = (
+        f"{config.batch_size} (the profile's {run_batch}, smaller on a CPU)" if config.batch_size != run_batch else ""
+    )
+    log(
+        f"preflight of {config.model} ({config.profile or 'custom'} profile) on {data.name}, {ctx.device} "
         f"({device.device_name(ctx.device)}), {t.precision.describe()}, {t.compiler.describe()}"
-        + (f", batch {note}" if note else ""))
+        + (f", batch {note}" if note else "")
+    )
     images_per_epoch = projected_train_images(config, data.name, len(data.train), log) // run_batch * run_batch
     rows = []
     try:
         for stage in schedule:
             rows.append(time_stage(t, stage, steps, run_batch, images_per_epoch, note))
             log(format_row(rows[-1]))
-            if stage is not schedule[-1]:                     # cross the boundary as a resumed run would
+            if stage is not schedule[-1]:  # cross the boundary as a resumed run would
                 t.epoch = stage.end_epoch
                 scratch.save_checkpoint(checkpoint_state(t), keep=1)
                 t = build(config, schedule, data, ctx)
@@ -106,27 +119,40 @@ def time_stage(t, stage, steps: int, run_batch: int, images_per_epoch: int, note
             device.synchronize(dev)
             started = time.perf_counter()
             loss, _ = optimizer_step(t, x, targets)
-            float(loss)                                       # the step's result, on the host
+            float(loss)  # the step's result, on the host
             device.synchronize(dev)
             seconds.append(time.perf_counter() - started)
     except torch.OutOfMemoryError:
-        raise TrainingError(f"out of memory in stage {stage.index} at {stage.image_size}px with batch "
-                            f"{t.config.batch_size}: use a smaller --batch-size, or keep it and split each step "
-                            f"with --set accumulate=N") from None
+        raise TrainingError(
+            f"out of memory in stage {stage.index} at {stage.image_size}px with batch "
+            f"{t.config.batch_size}: use a smaller --batch-size, or keep it and split each step "
+            f"with --set accumulate=N"
+        ) from None
     per_step = statistics.median(seconds[1:])
     per_image = per_step / t.config.batch_size
     epoch_seconds = per_image * images_per_epoch
-    return {"stage": stage.index, "image_size": stage.image_size, "batch_size": t.config.batch_size,
-            "run_batch_size": run_batch, "batch_note": note, "first_step_seconds": seconds[0],
-            "seconds_per_step": per_step, "images_per_second": 1 / per_image,
-            "peak_memory_bytes": device.peak_memory_bytes(dev), "epochs": stage.epochs,
-            "projected_epoch_seconds": epoch_seconds, "projected_run_seconds": epoch_seconds * stage.epochs}
+    return {
+        "stage": stage.index,
+        "image_size": stage.image_size,
+        "batch_size": t.config.batch_size,
+        "run_batch_size": run_batch,
+        "batch_note": note,
+        "first_step_seconds": seconds[0],
+        "seconds_per_step": per_step,
+        "images_per_second": 1 / per_image,
+        "peak_memory_bytes": device.peak_memory_bytes(dev),
+        "epochs": stage.epochs,
+        "projected_epoch_seconds": epoch_seconds,
+        "projected_run_seconds": epoch_seconds * stage.epochs,
+    }
 
 
 def format_row(r: dict) -> str:
-    return (f"stage {r['stage']}: {r['image_size']:4d}px  batch {r['batch_size']:4d}  first step {r['first_step_seconds']:7.2f}s  "
-            f"{r['seconds_per_step']:7.3f} s/step  {r['images_per_second']:8.1f} img/s  peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB  "
-            f"epoch {r['projected_epoch_seconds'] / 60:7.1f} min  x{r['epochs']} = {r['projected_run_seconds'] / 3600:6.2f} h")
+    return (
+        f"stage {r['stage']}: {r['image_size']:4d}px  batch {r['batch_size']:4d}  first step {r['first_step_seconds']:7.2f}s  "
+        f"{r['seconds_per_step']:7.3f} s/step  {r['images_per_second']:8.1f} img/s  peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB  "
+        f"epoch {r['projected_epoch_seconds'] / 60:7.1f} min  x{r['epochs']} = {r['projected_run_seconds'] / 3600:6.2f} h"
+    )
 
 
 # Dense peak FLOP/s of GPUs students rent or get free (vendor figures: bf16/fp16 tensor cores, dense).
@@ -136,14 +162,22 @@ GPU_PEAKS = {"T4 (fp16)": 65e12, "V100 (fp16)": 125e12, "A100 (bf16)": 312e12, "
 def training_flops(config: TrainConfig, train_images: int, in_channels: int, num_classes: int = 10) -> list[dict]:
     """Per stage: forward FLOPs per image (counted), images per epoch, epochs, and 3 x their product."""
     from .models import build_model, count_flops
+
     model = build_model(config.model, num_classes, in_channels, **config.model_overrides)
     images = train_images // config.batch_size * config.batch_size
     rows = []
     for stage in schedule_from_spec(config.schedule, config.epochs):
         forward = count_flops(model, stage.image_size, in_channels)
-        rows.append({"stage": stage.index, "image_size": stage.image_size, "epochs": stage.epochs,
-                     "forward_flops_per_image": forward, "images_per_epoch": images,
-                     "train_flops": 3 * forward * images * stage.epochs})
+        rows.append(
+            {
+                "stage": stage.index,
+                "image_size": stage.image_size,
+                "epochs": stage.epochs,
+                "forward_flops_per_image": forward,
+                "images_per_epoch": images,
+                "train_flops": 3 * forward * images * stage.epochs,
+            }
+        )
     return rows
 
 
@@ -154,8 +188,12 @@ def gpu_hours(train_flops: float, peak: float, fraction: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lib.preflight``: the trainer's command line, with ``preflight`` in place of training."""
-    return train_main(argv, prog="python -m lib.preflight", description=__doc__.splitlines()[0],
-                      run=lambda config, out: preflight(config, out))
+    return train_main(
+        argv,
+        prog="python -m lib.preflight",
+        description=__doc__.splitlines()[0],
+        run=lambda config, out: preflight(config, out),
+    )
 
 
 if __name__ == "__main__":

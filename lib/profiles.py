@@ -9,6 +9,7 @@ experiments train at that budget (``studies``), so a budget lives here and nowhe
 ``config_for(profile, dataset, study=None, **overrides)`` layers them, nested dicts merging key by
 key (see ``merge``), and returns a checked ``TrainConfig``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,6 +23,7 @@ TRAINABLE_HELP = "'all', 'head' (classifier only) or 'last_stages:N' (the last N
 
 
 # ---------------------------------------------------------------- declaring a setting's range
+
 
 def setting(default, check=None, *, safe: bool = False, added: bool = False, factory=None):
     """A dataclass field with a range check and a resume rule.
@@ -59,6 +61,7 @@ def area_share(name, value):
 def one_of(*choices):
     def check(name, value):
         return None if value in choices else f"unknown {name} {value!r}: choose one of {', '.join(map(str, choices))}"
+
     return check
 
 
@@ -78,27 +81,28 @@ def trainable_spec(name, value):
 
 # ---------------------------------------------------------------- the settings
 
+
 @dataclass
 class TrainConfig:
     # what to train
     dataset: str = "fashion_mnist"
     model: str = "efficientnetv2_s"
-    model_overrides: dict = setting(None, factory=dict)        # build_model(**overrides)
-    pretrained: str | None = None        # torchvision weights ("DEFAULT", "IMAGENET1K_V1", ...) or a run/checkpoint of ours
-    trainable: str = setting("all", trainable_spec)             # what learns; the rest is frozen
-    frozen_bn_eval: bool = True          # frozen parts compute what they compute at evaluation (BatchNorm included)
-    preprocessing: str = setting("auto", one_of("auto", "dataset", "weights"))   # auto: the weights' own when pretrained
+    model_overrides: dict = setting(None, factory=dict)  # build_model(**overrides)
+    pretrained: str | None = None  # torchvision weights ("DEFAULT", "IMAGENET1K_V1", ...) or a run/checkpoint of ours
+    trainable: str = setting("all", trainable_spec)  # what learns; the rest is frozen
+    frozen_bn_eval: bool = True  # frozen parts compute what they compute at evaluation (BatchNorm included)
+    preprocessing: str = setting("auto", one_of("auto", "dataset", "weights"))  # auto: the weights' own when pretrained
     # how long and how much at once
     epochs: int = setting(10, positive)
-    batch_size: int = setting(128, positive)    # global batch; split across processes under torchrun
+    batch_size: int = setting(128, positive)  # global batch; split across processes under torchrun
     eval_batch_size: int = setting(500, positive, safe=True)
     # optimization
-    optimizer: str = setting("adam", one_of(*OPTIMIZERS))      # coursework: Adam lr 1e-3
+    optimizer: str = setting("adam", one_of(*OPTIMIZERS))  # coursework: Adam lr 1e-3
     lr: float = setting(1e-3, positive)
-    momentum: float = setting(0.9, fraction)                    # sgd / rmsprop
-    scheduler: str = setting("exponential", one_of(*SCHEDULERS))   # coursework: ExponentialLR(0.99) per epoch
-    gamma: float = setting(0.99, positive)                      # exponential decay per epoch
-    warmup_epochs: float = setting(0.0, non_negative)           # linear warm-up, in (fractional) epochs
+    momentum: float = setting(0.9, fraction)  # sgd / rmsprop
+    scheduler: str = setting("exponential", one_of(*SCHEDULERS))  # coursework: ExponentialLR(0.99) per epoch
+    gamma: float = setting(0.99, positive)  # exponential decay per epoch
+    warmup_epochs: float = setting(0.0, non_negative)  # linear warm-up, in (fractional) epochs
     label_smoothing: float = setting(0.1, fraction)
     # progressive learning and augmentation
     schedule: dict = setting(None, factory=lambda: {"num_stages": 1, "size": [28, 28]})
@@ -107,28 +111,34 @@ class TrainConfig:
     crop_mode: str = setting("zeros", one_of("zeros", "reflect"))
     flip: bool = True
     random_erasing: float = setting(0.0, fraction, added=True)  # chance of one erased rectangle per image
-    rrc_min_area: float = setting(1.0, area_share, added=True)  # random-resized crops keep this share of the area or more; 1: off
-    resize_mode: str = setting("resize", one_of("resize", "crop"), added=True)   # stages below native size: resized or cropped
-    bn_recalibration: int = setting(0, non_negative, added=True)   # training images that re-estimate BatchNorm per size change
-    ema_decay: float = setting(0.0, fraction)                   # 0: no EMA of weights
-    ema_restart: bool = setting(False, added=True)              # the EMA starts again from the weights at a size change
-    tta_flip: bool = False               # test-time flip augmentation for the final test number
-    accumulate: int = setting(1, positive)                      # micro-batches per optimizer step (batch_size is their sum)
+    rrc_min_area: float = setting(
+        1.0, area_share, added=True
+    )  # random-resized crops keep this share of the area or more; 1: off
+    resize_mode: str = setting(
+        "resize", one_of("resize", "crop"), added=True
+    )  # stages below native size: resized or cropped
+    bn_recalibration: int = setting(
+        0, non_negative, added=True
+    )  # training images that re-estimate BatchNorm per size change
+    ema_decay: float = setting(0.0, fraction)  # 0: no EMA of weights
+    ema_restart: bool = setting(False, added=True)  # the EMA starts again from the weights at a size change
+    tta_flip: bool = False  # test-time flip augmentation for the final test number
+    accumulate: int = setting(1, positive)  # micro-batches per optimizer step (batch_size is their sum)
     # speed
-    amp: str = setting("auto", one_of("auto", "bf16", "fp16", "off"))   # auto: bf16/fp16 on a GPU, fp32 on a CPU
-    channels_last: bool = setting(True, safe=True)              # CUDA, and CPU too (mkldnn convolutions)
+    amp: str = setting("auto", one_of("auto", "bf16", "fp16", "off"))  # auto: bf16/fp16 on a GPU, fp32 on a CPU
+    channels_last: bool = setting(True, safe=True)  # CUDA, and CPU too (mkldnn convolutions)
     compile: str = setting("off", one_of("off", "auto", "inductor", "aot_eager", "eager"), safe=True)
-    sync_bn: bool = True                 # under torchrun
+    sync_bn: bool = True  # under torchrun
     # data and bookkeeping
-    profile: str = setting("", safe=True)                     # the named profile these settings started from
+    profile: str = setting("", safe=True)  # the named profile these settings started from
     seed: int = setting(0, non_negative)
     val_fraction: float = setting(0.1, fraction)
-    limit: int | None = setting(None, positive)                # images per split (smoke runs)
+    limit: int | None = setting(None, positive)  # images per split (smoke runs)
     data_root: str = setting("data", safe=True)
-    download: bool = setting(True, safe=True)                  # data and pretrained weights, when missing
+    download: bool = setting(True, safe=True)  # data and pretrained weights, when missing
     keep_checkpoints: int = setting(2, positive, safe=True)
-    max_steps: int | None = setting(None, positive)            # stop after this many optimizer steps (tests)
-    device: str = setting("auto", device_spec, safe=True)     # auto: CUDA when torch sees it, else the CPU
+    max_steps: int | None = setting(None, positive)  # stop after this many optimizer steps (tests)
+    device: str = setting("auto", device_spec, safe=True)  # auto: CUDA when torch sees it, else the CPU
 
     def validate(self) -> "TrainConfig":
         """Every field's type (from its annotation) and range, in place; one-line ValueErrors.
@@ -208,16 +218,36 @@ _QUICK_V2 = {"width_mult": 0.35, "depth_mult": 0.2, "small_input": True, "bn_mom
 # The quick profile's recipe, with every setting that the laptop profile makes otherwise pinned, so the
 # studies that measure progressive learning at the budget where quick's fixed-size run is strong give
 # the same runs under both profiles.
-_QUICK_RECIPE = {"model": "efficientnetv2_s", "model_overrides": _QUICK_V2, "batch_size": 128, "optimizer": "sgd",
-                 "lr": 0.1, "scheduler": "cosine", "warmup_epochs": 0.5, "label_smoothing": 0.1, "randaug_ops": 0,
-                 "crop_padding": 2, "ema_decay": 0.999, "tta_flip": True, "random_erasing": 0.0}
+_QUICK_RECIPE = {
+    "model": "efficientnetv2_s",
+    "model_overrides": _QUICK_V2,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "scheduler": "cosine",
+    "warmup_epochs": 0.5,
+    "label_smoothing": 0.1,
+    "randaug_ops": 0,
+    "crop_padding": 2,
+    "ema_decay": 0.999,
+    "tta_flip": True,
+    "random_erasing": 0.0,
+}
 
 
 def _quick_schedule(size=(28, 28), num_stages=1, **shape_and_regularizers) -> dict:
     """quick's schedule written out whole (every regularizer named), so that a study arm with the same
     values is the same run as the profile's, in the same folder."""
-    return {"num_stages": num_stages, "size": list(size), "randaug_magnitude": 0, "mixup_alpha": 0, "dropout": 0,
-            "drop_path": 0, "weight_decay": 5e-4, **shape_and_regularizers}
+    return {
+        "num_stages": num_stages,
+        "size": list(size),
+        "randaug_magnitude": 0,
+        "mixup_alpha": 0,
+        "dropout": 0,
+        "drop_path": 0,
+        "weight_decay": 5e-4,
+        **shape_and_regularizers,
+    }
 
 
 # What a size change costs (notebook 04): a short run of the quick recipe that switches once, from the
@@ -229,8 +259,11 @@ _SWITCH_ARMS = {
     "20 -> 28 px, BN re-estimated": {"bn_recalibration": 2000},
     "20 -> 28 px, BN re-estimated, EMA restarted": {"bn_recalibration": 2000, "ema_restart": True},
     "24 -> 28 px, BN re-estimated": {"bn_recalibration": 2000, "image_size": [24, 28]},
-    "20 -> 28 px random-resized crops, BN re-estimated": {"bn_recalibration": 2000, "rrc_min_area": 0.35,
-                                                          "crop_padding": 0},
+    "20 -> 28 px random-resized crops, BN re-estimated": {
+        "bn_recalibration": 2000,
+        "rrc_min_area": 0.35,
+        "crop_padding": 0,
+    },
     "20 -> 28 px crop mode, BN re-estimated": {"bn_recalibration": 2000, "resize_mode": "crop"},
     "40 -> 56 px (upsampled), BN re-estimated": {"bn_recalibration": 2000, "image_size": [40, 56]},
     "28 px throughout": {"image_size": [28, 28]},
@@ -260,17 +293,33 @@ _BUDGET_ARMS = {
 # Do larger images want stronger regularization (the paper's Table 5 question)? The small and the final
 # size crossed with weak and strong RandAugment, on a share of the training split long enough that the
 # weakly regularized runs overfit (training accuracy above validation).
-_REGULARIZATION = {"epochs": 20, "limit": 10000, "randaug_ops": 2,
-                   "schedule": {"num_stages": 1, "size": [28, 28], "weight_decay": 5e-4}}
-_REGULARIZATION_ARMS = {f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}}
-                        for size in (20, 28) for m in (5, 15)}
+_REGULARIZATION = {
+    "epochs": 20,
+    "limit": 10000,
+    "randaug_ops": 2,
+    "schedule": {"num_stages": 1, "size": [28, 28], "weight_decay": 5e-4},
+}
+_REGULARIZATION_ARMS = {
+    f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}}
+    for size in (20, 28)
+    for m in (5, 15)
+}
 # What each notebook's experiments train on a CPU (the quick and laptop profiles share them), sized
 # to `make reproduce`'s time budget on a 2-core CPU (README). ``floor``: the Fashion-MNIST test
 # accuracy the study's baseline must reach at this budget (its notebook asserts it), so differences
 # from it mean something; None where the budget cannot give a strong baseline (the notebook says so).
 # The EfficientNetV2 studies train the quick network for 3 epochs (2 stayed below the floor).
-_STUDY_V2 = {"epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 3e-3, "warmup_epochs": 0.0, "ema_decay": 0.999,
-             "tta_flip": True, "randaug_ops": 0, "model_overrides": _QUICK_V2}
+_STUDY_V2 = {
+    "epochs": 3,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "lr": 3e-3,
+    "warmup_epochs": 0.0,
+    "ema_decay": 0.999,
+    "tta_flip": True,
+    "randaug_ops": 0,
+    "model_overrides": _QUICK_V2,
+}
 _CPU_STUDIES = {
     # ResNet-50 at 36 px, the moderate regime, 2 seeds side by side (one core each) for 3 epochs of the whole
     # training split, cosine: over the floor (figures/records/; docs/results.md has the numbers and the
@@ -278,56 +327,123 @@ _CPU_STUDIES = {
     # notebook 02 shows these runs, kept in figures/records/ (made by the notebook itself with
     # `-p retrain True`), and trains only when asked. (Trained on a small subset of the images, ResNets
     # stay far below the floor: a small budget says nothing about them.)
-    "baselines": {"models": ["resnet50"], "regimes": ["moderate augmentation"], "seeds": 2, "floor": 0.88,
-                  "kept": True, "train": {"epochs": 3, "batch_size": 128, "image_size": 36, "scheduler": "cosine"}},
+    "baselines": {
+        "models": ["resnet50"],
+        "regimes": ["moderate augmentation"],
+        "seeds": 2,
+        "floor": 0.88,
+        "kept": True,
+        "train": {"epochs": 3, "batch_size": 128, "image_size": 36, "scheduler": "cosine"},
+    },
     # Table 3's "no fused stages" against V2's fused 1-3; the blog's knobs run on the paper profile (with
     # dropout 0.6 as a third arm and a small ResNet-50 study, a fresh-clone `make reproduce` ran past its
     # budget on 2 AVX2 cores before notebook 05 finished). The baseline is notebook 04's
     # fixed-size arm (the same settings), trained once.
-    "ablations": {"seeds": 2, "floor": 0.88, "arms": ["baseline", "fused none"],
-                  "train": {**_STUDY_V2, "schedule": {"dropout": 0.1, "drop_path": 0.05, "randaug_magnitude": 0}}},
-    "transfer": {"train": {"model": "efficientnet_b0", "limit": 2000, "batch_size": 64, "image_size": 128},
-                 "modes": {"head": {"epochs": 3, "lr": 3e-3}, "all": {"epochs": 2, "lr": 3e-4}}},
+    "ablations": {
+        "seeds": 2,
+        "floor": 0.88,
+        "arms": ["baseline", "fused none"],
+        "train": {**_STUDY_V2, "schedule": {"dropout": 0.1, "drop_path": 0.05, "randaug_magnitude": 0}},
+    },
+    "transfer": {
+        "train": {"model": "efficientnet_b0", "limit": 2000, "batch_size": 64, "image_size": 128},
+        "modes": {"head": {"epochs": 3, "lr": 3e-3}, "all": {"epochs": 2, "lr": 3e-4}},
+    },
     "switch": {"seeds": 2, "kept": True, "train": {**_QUICK_RECIPE, **_SWITCH}, "arms": _SWITCH_ARMS},
-    "shapes": {"seeds": 2, "kept": True, "target_accuracy": 0.92, "train": {**_QUICK_RECIPE, **_BUDGET},
-               "arms": _SHAPES_ARMS},
-    "budget": {"seeds": 3, "kept": True, "target_accuracy": 0.92, "train": {**_QUICK_RECIPE, **_BUDGET},
-               "arms": _BUDGET_ARMS},
-    "regularization": {"seeds": 2, "kept": True, "train": {**_QUICK_RECIPE, **_REGULARIZATION},
-                       "arms": _REGULARIZATION_ARMS},
+    "shapes": {
+        "seeds": 2,
+        "kept": True,
+        "target_accuracy": 0.92,
+        "train": {**_QUICK_RECIPE, **_BUDGET},
+        "arms": _SHAPES_ARMS,
+    },
+    "budget": {
+        "seeds": 3,
+        "kept": True,
+        "target_accuracy": 0.92,
+        "train": {**_QUICK_RECIPE, **_BUDGET},
+        "arms": _BUDGET_ARMS,
+    },
+    "regularization": {
+        "seeds": 2,
+        "kept": True,
+        "train": {**_QUICK_RECIPE, **_REGULARIZATION},
+        "arms": _REGULARIZATION_ARMS,
+    },
 }
 
 _SMOKE_STUDY = {"limit": 64, "epochs": 2, "batch_size": 16}
 
 PROFILES: dict[str, dict] = {
     "smoke": {
-        "model": "efficientnetv2_s", "model_overrides": _TINY_V2, "epochs": 2, "batch_size": 64,
-        "limit": 256, "eval_batch_size": 256, "keep_checkpoints": 1, "download": False,
-        "schedule": {"num_stages": 2, "size": [20, 28], "randaug_magnitude": [5, 10],
-                     "mixup_alpha": [0, 0.2], "dropout": [0.1, 0.2], "drop_path": [0, 0.1],
-                     "weight_decay": [0, 1e-5]},
+        "model": "efficientnetv2_s",
+        "model_overrides": _TINY_V2,
+        "epochs": 2,
+        "batch_size": 64,
+        "limit": 256,
+        "eval_batch_size": 256,
+        "keep_checkpoints": 1,
+        "download": False,
+        "schedule": {
+            "num_stages": 2,
+            "size": [20, 28],
+            "randaug_magnitude": [5, 10],
+            "mixup_alpha": [0, 0.2],
+            "dropout": [0.1, 0.2],
+            "drop_path": [0, 0.1],
+            "weight_decay": [0, 1e-5],
+        },
         "datasets": {"cifar10": _CIFAR_ON_CPU, "cifar100": _CIFAR_ON_CPU},
         "studies": {
-            "baselines": {"models": ["resnet50"], "seeds": 2,
-                          "train": {"limit": 32, "epochs": 1, "batch_size": 16, "image_size": 36}},
-            "ablations": {"seeds": 2, "arms": ["baseline", "dropout 0.6", "fused none"],
-                          "train": {"limit": 32, "epochs": 1, "batch_size": 16,
-                                    "model_overrides": {"width_mult": 0.25, "depth_mult": 0.5}}},
-            "transfer": {"train": {"model": "efficientnet_b0", "limit": 128, "batch_size": 32, "image_size": 64},
-                         "modes": {"head": {"epochs": 1, "lr": 3e-3}, "all": {"epochs": 1, "lr": 3e-4}}},
+            "baselines": {
+                "models": ["resnet50"],
+                "seeds": 2,
+                "train": {"limit": 32, "epochs": 1, "batch_size": 16, "image_size": 36},
+            },
+            "ablations": {
+                "seeds": 2,
+                "arms": ["baseline", "dropout 0.6", "fused none"],
+                "train": {
+                    "limit": 32,
+                    "epochs": 1,
+                    "batch_size": 16,
+                    "model_overrides": {"width_mult": 0.25, "depth_mult": 0.5},
+                },
+            },
+            "transfer": {
+                "train": {"model": "efficientnet_b0", "limit": 128, "batch_size": 32, "image_size": 64},
+                "modes": {"head": {"epochs": 1, "lr": 3e-3}, "all": {"epochs": 1, "lr": 3e-4}},
+            },
             # notebook 04's kept studies, as mechanics: trained here in seconds
-            "switch": {"seeds": 1, "train": {**_SMOKE_STUDY, "schedule": {"num_stages": 2, "size": [20, 28]}},
-                       "arms": {"20 -> 28 px": {}, "20 -> 28 px, BN re-estimated": {"bn_recalibration": 32}}},
-            "shapes": {"seeds": 1, "target_accuracy": 0.2, "train": {**_SMOKE_STUDY, "schedule": {
-                "num_stages": 1, "size": [28, 28]}}, "arms": {"28 px throughout": {}, "crop mode 20 -> 28 px": {
-                    "resize_mode": "crop", "schedule": {"num_stages": 2, "size": [20, 28]}}}},
-            "budget": {"seeds": 2, "target_accuracy": 0.2, "train": {**_SMOKE_STUDY, "schedule": {
-                "num_stages": 1, "size": [28, 28]}}, "arms": {"28 px throughout": {}, "20 -> 28 px": {
-                    "schedule": {"num_stages": 2, "size": [20, 28]}}}},
-            "regularization": {"seeds": 1, "train": {**_SMOKE_STUDY, "randaug_ops": 2, "schedule": {
-                "num_stages": 1, "size": [28, 28]}}, "arms": {
-                f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}}
-                for size in (20, 28) for m in (5, 15)}},
+            "switch": {
+                "seeds": 1,
+                "train": {**_SMOKE_STUDY, "schedule": {"num_stages": 2, "size": [20, 28]}},
+                "arms": {"20 -> 28 px": {}, "20 -> 28 px, BN re-estimated": {"bn_recalibration": 32}},
+            },
+            "shapes": {
+                "seeds": 1,
+                "target_accuracy": 0.2,
+                "train": {**_SMOKE_STUDY, "schedule": {"num_stages": 1, "size": [28, 28]}},
+                "arms": {
+                    "28 px throughout": {},
+                    "crop mode 20 -> 28 px": {"resize_mode": "crop", "schedule": {"num_stages": 2, "size": [20, 28]}},
+                },
+            },
+            "budget": {
+                "seeds": 2,
+                "target_accuracy": 0.2,
+                "train": {**_SMOKE_STUDY, "schedule": {"num_stages": 1, "size": [28, 28]}},
+                "arms": {"28 px throughout": {}, "20 -> 28 px": {"schedule": {"num_stages": 2, "size": [20, 28]}}},
+            },
+            "regularization": {
+                "seeds": 1,
+                "train": {**_SMOKE_STUDY, "randaug_ops": 2, "schedule": {"num_stages": 1, "size": [28, 28]}},
+                "arms": {
+                    f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}}
+                    for size in (20, 28)
+                    for m in (5, 15)
+                },
+            },
         },
     },
     "quick": {
@@ -336,7 +452,8 @@ PROFILES: dict[str, dict] = {
         # one image size (at native 28 px progressive resizing reaches neither its accuracy nor its
         # time: notebook 04's switch, shapes and budget studies say why), an EMA of weights and flip
         # TTA. SGD with Nesterov momentum and weight decay, not Adam: docs/results.md.
-        **_QUICK_RECIPE, **_BUDGET,
+        **_QUICK_RECIPE,
+        **_BUDGET,
         "datasets": {"cifar10": _CIFAR_FIXED, "cifar100": _CIFAR_FIXED},
         "studies": _CPU_STUDIES,
     },
@@ -349,78 +466,186 @@ PROFILES: dict[str, dict] = {
         # what its 24 -> 28 px switch costs.
         "model": "efficientnetv2_s",
         "model_overrides": {"width_mult": 0.5, "depth_mult": 0.25, "small_input": True, "bn_momentum": 0.1},
-        "epochs": 42, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "scheduler": "cosine",
-        "warmup_epochs": 0.5, "randaug_ops": 0, "ema_decay": 0.9995, "tta_flip": True, "random_erasing": 0.5,
-        "schedule": {"num_stages": 2, "size": [24, 28], "randaug_magnitude": [0, 0], "mixup_alpha": [0, 0],
-                     "dropout": [0, 0.1], "drop_path": [0, 0.05], "weight_decay": [5e-4, 5e-4]},
+        "epochs": 42,
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "scheduler": "cosine",
+        "warmup_epochs": 0.5,
+        "randaug_ops": 0,
+        "ema_decay": 0.9995,
+        "tta_flip": True,
+        "random_erasing": 0.5,
+        "schedule": {
+            "num_stages": 2,
+            "size": [24, 28],
+            "randaug_magnitude": [0, 0],
+            "mixup_alpha": [0, 0],
+            "dropout": [0, 0.1],
+            "drop_path": [0, 0.05],
+            "weight_decay": [5e-4, 5e-4],
+        },
         "datasets": {"cifar10": _CIFAR_ON_CPU, "cifar100": _CIFAR_ON_CPU},
         "studies": _CPU_STUDIES,
     },
     "paper": {
         # The coursework's recipe, verbatim: its phase tables and static settings. Its first phase
         # trains at 28 px, below the standard stem's minimum, so V2-S uses the small-input stem.
-        "model": "efficientnetv2_s", "model_overrides": {"small_input": True},
-        "epochs": 100, "batch_size": 128, "optimizer": "adam", "lr": 1e-3,
-        "scheduler": "exponential", "gamma": 0.99, "label_smoothing": 0.1, "compile": "auto",
+        "model": "efficientnetv2_s",
+        "model_overrides": {"small_input": True},
+        "epochs": 100,
+        "batch_size": 128,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "scheduler": "exponential",
+        "gamma": 0.99,
+        "label_smoothing": 0.1,
+        "compile": "auto",
         "schedule": {"coursework": "fashion_mnist"},
         "datasets": {
-            "cifar10": {"model": "efficientnetv2_m", "model_overrides": {"small_input": False},
-                        "epochs": 60, "schedule": {"coursework": "cifar10"}, "crop_padding": 4},
+            "cifar10": {
+                "model": "efficientnetv2_m",
+                "model_overrides": {"small_input": False},
+                "epochs": 60,
+                "schedule": {"coursework": "cifar10"},
+                "crop_padding": 4,
+            },
         },
         "studies": {
-            "baselines": {"models": ["resnet50", "wide_resnet101_2"], "seeds": 3, "floor": 0.88,
-                          "train": {"epochs": 50, "batch_size": 128, "image_size": 64}},
-            "ablations": {"seeds": 3, "floor": 0.88, "arms": ["baseline", "depth multiplier 0.1", "layers halved", "dropout 0.6",
-                                               "stochastic depth 0.5", "ReduceLROnPlateau", "fused none",
-                                               "fused 1-5", "fused 1-7"],
-                          "train": {"epochs": 30, "batch_size": 128}},
+            "baselines": {
+                "models": ["resnet50", "wide_resnet101_2"],
+                "seeds": 3,
+                "floor": 0.88,
+                "train": {"epochs": 50, "batch_size": 128, "image_size": 64},
+            },
+            "ablations": {
+                "seeds": 3,
+                "floor": 0.88,
+                "arms": [
+                    "baseline",
+                    "depth multiplier 0.1",
+                    "layers halved",
+                    "dropout 0.6",
+                    "stochastic depth 0.5",
+                    "ReduceLROnPlateau",
+                    "fused none",
+                    "fused 1-5",
+                    "fused 1-7",
+                ],
+                "train": {"epochs": 30, "batch_size": 128},
+            },
             # notebook 04's size-change, budget and regularization studies: the CPU records, at the
             # quick recipe (what they measure is the CPU-scale question; they are shown, not trained)
             **{name: _CPU_STUDIES[name] for name in ("switch", "shapes", "budget", "regularization")},
-            "transfer": {"train": {"model": "efficientnetv2_s", "batch_size": 128, "image_size": 384},
-                         "modes": {"head": {"epochs": 5, "lr": 3e-3}, "all": {"epochs": 10, "lr": 1e-4}}},
+            "transfer": {
+                "train": {"model": "efficientnetv2_s", "batch_size": 128, "image_size": 384},
+                "modes": {"head": {"epochs": 5, "lr": 3e-3}, "all": {"epochs": 10, "lr": 1e-4}},
+            },
         },
     },
 }
 
 # A study that trains another architecture (ResNets, pretrained weights) starts from its builder's
 # defaults: every model setting any profile makes is removed (None), so a new one cannot leak in.
-_BUILDER_DEFAULTS = {key: None for p in PROFILES.values()
-                     for layer in (p, *p.get("datasets", {}).values()) for key in layer.get("model_overrides", {})}
+_BUILDER_DEFAULTS = {
+    key: None
+    for p in PROFILES.values()
+    for layer in (p, *p.get("datasets", {}).values())
+    for key in layer.get("model_overrides", {})
+}
 
 # What every study trains on top of its profile, whatever the budget (the budget is in PROFILES).
 STUDY_SETTINGS: dict[str, dict] = {
     # Each study sets its own augmentation (a profile's random erasing is not part of any study).
     # notebook 02: the coursework's Adam + label smoothing, one image size, no EMA or TTA
-    "baselines": {"model_overrides": _BUILDER_DEFAULTS, "warmup_epochs": 0.0,
-                  "scheduler": "exponential", "optimizer": "adam", "lr": 1e-3, "ema_decay": 0.0,
-                  "tta_flip": False, "random_erasing": 0.0,
-                  "schedule": {"num_stages": 1, "size": [36, 36], "randaug_magnitude": 0, "mixup_alpha": 0,
-                               "dropout": 0, "drop_path": 0, "weight_decay": 0}},
+    "baselines": {
+        "model_overrides": _BUILDER_DEFAULTS,
+        "warmup_epochs": 0.0,
+        "scheduler": "exponential",
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "ema_decay": 0.0,
+        "tta_flip": False,
+        "random_erasing": 0.0,
+        "schedule": {
+            "num_stages": 1,
+            "size": [36, 36],
+            "randaug_magnitude": 0,
+            "mixup_alpha": 0,
+            "dropout": 0,
+            "drop_path": 0,
+            "weight_decay": 0,
+        },
+    },
     # notebook 05: a scaled-down V2-S with V2-S's own regularization at one image size
-    "ablations": {"model": "efficientnetv2_s", "model_overrides": {"small_input": True},
-                  "scheduler": "cosine", "lr": 2e-3, "randaug_ops": 1, "ema_decay": 0.0, "tta_flip": False,
-                  "random_erasing": 0.0, "image_size": "native",
-                  "schedule": {"num_stages": 1, "size": [28, 28], "randaug_magnitude": 5, "mixup_alpha": 0,
-                               "dropout": 0.2, "drop_path": 0.2, "weight_decay": 0}},
+    "ablations": {
+        "model": "efficientnetv2_s",
+        "model_overrides": {"small_input": True},
+        "scheduler": "cosine",
+        "lr": 2e-3,
+        "randaug_ops": 1,
+        "ema_decay": 0.0,
+        "tta_flip": False,
+        "random_erasing": 0.0,
+        "image_size": "native",
+        "schedule": {
+            "num_stages": 1,
+            "size": [28, 28],
+            "randaug_magnitude": 5,
+            "mixup_alpha": 0,
+            "dropout": 0.2,
+            "drop_path": 0.2,
+            "weight_decay": 0,
+        },
+    },
     # notebook 06: pretrained weights, AdamW with warm-up and cosine decay, the weights' preprocessing
-    "transfer": {"pretrained": "DEFAULT", "model_overrides": _BUILDER_DEFAULTS,
-                 "optimizer": "adamw", "scheduler": "cosine", "warmup_epochs": 0.1, "label_smoothing": 0.1, "randaug_ops": 0, "crop_padding": 4,
-                 "crop_mode": "reflect", "ema_decay": 0.0, "tta_flip": False, "preprocessing": "weights",
-                 "random_erasing": 0.0,
-                 "schedule": {"num_stages": 1, "size": [224, 224], "randaug_magnitude": 0, "mixup_alpha": 0,
-                              "dropout": 0.2, "drop_path": 0.2, "weight_decay": 0.05}},
+    "transfer": {
+        "pretrained": "DEFAULT",
+        "model_overrides": _BUILDER_DEFAULTS,
+        "optimizer": "adamw",
+        "scheduler": "cosine",
+        "warmup_epochs": 0.1,
+        "label_smoothing": 0.1,
+        "randaug_ops": 0,
+        "crop_padding": 4,
+        "crop_mode": "reflect",
+        "ema_decay": 0.0,
+        "tta_flip": False,
+        "preprocessing": "weights",
+        "random_erasing": 0.0,
+        "schedule": {
+            "num_stages": 1,
+            "size": [224, 224],
+            "randaug_magnitude": 0,
+            "mixup_alpha": 0,
+            "dropout": 0.2,
+            "drop_path": 0.2,
+            "weight_decay": 0.05,
+        },
+    },
 }
 
 # notebook 02's arms: the coursework's three ResNet regimes (augmentation and regularization), each an
 # edit of the "baselines" study; a profile's plan may name the ones it runs (``regimes``).
 BASELINE_REGIMES: dict[str, dict] = {
-    "no augmentation": {"randaug_ops": 0, "crop_padding": 0, "flip": False,
-                        "schedule": {"dropout": 0.0, "weight_decay": 0.0}},
-    "strong augmentation": {"randaug_ops": 2, "crop_padding": 4, "flip": True,
-                            "schedule": {"randaug_magnitude": 20, "dropout": 0.5, "weight_decay": 5e-3}},
-    "moderate augmentation": {"randaug_ops": 1, "crop_padding": 2, "flip": True,
-                              "schedule": {"randaug_magnitude": 5, "dropout": 0.2, "weight_decay": 1e-4}},
+    "no augmentation": {
+        "randaug_ops": 0,
+        "crop_padding": 0,
+        "flip": False,
+        "schedule": {"dropout": 0.0, "weight_decay": 0.0},
+    },
+    "strong augmentation": {
+        "randaug_ops": 2,
+        "crop_padding": 4,
+        "flip": True,
+        "schedule": {"randaug_magnitude": 20, "dropout": 0.5, "weight_decay": 5e-3},
+    },
+    "moderate augmentation": {
+        "randaug_ops": 1,
+        "crop_padding": 2,
+        "flip": True,
+        "schedule": {"randaug_magnitude": 5, "dropout": 0.2, "weight_decay": 1e-4},
+    },
 }
 
 
@@ -433,8 +658,9 @@ def study(profile: str, name: str) -> dict:
     return copy.deepcopy(studies[name])
 
 
-def config_for(profile: str, dataset: str, study_name: str | None = None, *, whole: dict | None = None,
-               **overrides) -> TrainConfig:
+def config_for(
+    profile: str, dataset: str, study_name: str | None = None, *, whole: dict | None = None, **overrides
+) -> TrainConfig:
     """The settings of ``profile`` for ``dataset`` (and a notebook's study), then ``overrides``.
 
     Layers, each merged into the ones before (``merge``): the profile; its entry for ``dataset``;
@@ -492,11 +718,13 @@ def _set_image_size(settings: dict, size, dataset: str) -> None:
     if size == "native":
         size = NATIVE_SIZE.get(dataset)
         if size is None:
-            return                      # an image folder: keep the schedule's sizes
+            return  # an image folder: keep the schedule's sizes
     schedule = settings.get("schedule", {})
     if "size" not in schedule:
-        raise ValueError("image_size edits Algorithm-1 schedules (with 'size'); this schedule is a phase "
-                         "table: give the sizes in its phases")
+        raise ValueError(
+            "image_size edits Algorithm-1 schedules (with 'size'); this schedule is a phase "
+            "table: give the sizes in its phases"
+        )
     schedule["size"] = list(size) if isinstance(size, (list, tuple)) else [size, size]
 
 
@@ -505,5 +733,16 @@ def _check_name(what: str, name: str, table: dict) -> None:
         raise ValueError(f"unknown {what} {name!r}: choose one of {', '.join(table)}")
 
 
-__all__ = ["TrainConfig", "PROFILES", "STUDY_SETTINGS", "BASELINE_REGIMES", "config_for", "study", "merge", "safe_settings",
-           "OPTIMIZERS", "SCHEDULERS", "TRAINABLE_HELP"]
+__all__ = [
+    "TrainConfig",
+    "PROFILES",
+    "STUDY_SETTINGS",
+    "BASELINE_REGIMES",
+    "config_for",
+    "study",
+    "merge",
+    "safe_settings",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "TRAINABLE_HELP",
+]

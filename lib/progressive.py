@@ -6,6 +6,7 @@ linearly between its first and last value. The official code forgets to schedule
 five are scheduled: RandAugment magnitude, mixup alpha, dropout, stochastic depth, weight decay.
 Explicit phase tables (the coursework's) are the other way to write a schedule.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ REGULARIZERS = ("randaug_magnitude", "mixup_alpha", "dropout", "drop_path", "wei
 @dataclass(frozen=True)
 class TrainingStage:
     """One stage: epochs ``[start_epoch, end_epoch)`` (0-based) and the values used throughout."""
+
     index: int
     start_epoch: int
     end_epoch: int
@@ -31,10 +33,12 @@ class TrainingStage:
         return self.end_epoch - self.start_epoch
 
     def describe(self) -> str:
-        return (f"stage {self.index}: epochs {self.start_epoch + 1}-{self.end_epoch}, "
-                f"image {self.image_size}px, RandAugment {self.randaug_magnitude:g}, "
-                f"mixup {self.mixup_alpha:g}, dropout {self.dropout:g}, "
-                f"stochastic depth {self.drop_path:g}, weight decay {self.weight_decay:g}")
+        return (
+            f"stage {self.index}: epochs {self.start_epoch + 1}-{self.end_epoch}, "
+            f"image {self.image_size}px, RandAugment {self.randaug_magnitude:g}, "
+            f"mixup {self.mixup_alpha:g}, dropout {self.dropout:g}, "
+            f"stochastic depth {self.drop_path:g}, weight decay {self.weight_decay:g}"
+        )
 
 
 class Schedule(list):
@@ -57,11 +61,19 @@ class Schedule(list):
         return "\n".join(s.describe() for s in self)
 
 
-def algorithm1(epochs: int, num_stages: int, size: tuple[int, int], *,
-               randaug_magnitude: tuple[float, float] = (0, 0), mixup_alpha: tuple[float, float] = (0, 0),
-               dropout: tuple[float, float] = (0, 0), drop_path: tuple[float, float] = (0, 0),
-               weight_decay: tuple[float, float] = (0, 0), final_share: float | None = None,
-               size_multiple: int = 1) -> Schedule:
+def algorithm1(
+    epochs: int,
+    num_stages: int,
+    size: tuple[int, int],
+    *,
+    randaug_magnitude: tuple[float, float] = (0, 0),
+    mixup_alpha: tuple[float, float] = (0, 0),
+    dropout: tuple[float, float] = (0, 0),
+    drop_path: tuple[float, float] = (0, 0),
+    weight_decay: tuple[float, float] = (0, 0),
+    final_share: float | None = None,
+    size_multiple: int = 1,
+) -> Schedule:
     """Paper Algorithm 1: ``num_stages`` stages of (near) equal length, every value interpolated.
 
     Each regularizer is a ``(first, last)`` pair; stage i gets first + (last - first) * i / (M - 1).
@@ -74,8 +86,13 @@ def algorithm1(epochs: int, num_stages: int, size: tuple[int, int], *,
         raise ValueError(f"epochs must be positive, got {epochs}")
     if not 1 <= num_stages <= epochs:
         raise ValueError(f"num_stages must be between 1 and epochs ({epochs}), got {num_stages}")
-    ranges = dict(randaug_magnitude=randaug_magnitude, mixup_alpha=mixup_alpha, dropout=dropout,
-                  drop_path=drop_path, weight_decay=weight_decay)
+    ranges = dict(
+        randaug_magnitude=randaug_magnitude,
+        mixup_alpha=mixup_alpha,
+        dropout=dropout,
+        drop_path=drop_path,
+        weight_decay=weight_decay,
+    )
     lengths = _stage_lengths(epochs, num_stages, final_share)
     stages, start = [], 0
     for i, length in enumerate(lengths):
@@ -114,19 +131,27 @@ def phase_table(rows: list[dict], epochs: int | None = None) -> Schedule:
             raise ValueError(f"phase {i}: epochs must be [first, last] epoch numbers, got {span!r}")
         first, last = span
         if first != expected_first or last < first:
-            raise ValueError(f"phase {i} covers epochs {first}-{last}; it must start at epoch "
-                             f"{expected_first} and end at or after it (phases must be contiguous)")
+            raise ValueError(
+                f"phase {i} covers epochs {first}-{last}; it must start at epoch "
+                f"{expected_first} and end at or after it (phases must be contiguous)"
+            )
         unknown = set(row) - set(REGULARIZERS) - {"image_size"}
         if unknown:
-            raise ValueError(f"phase {i}: unknown setting(s) {sorted(unknown)}; known: image_size, "
-                             f"{', '.join(REGULARIZERS)}")
+            raise ValueError(
+                f"phase {i}: unknown setting(s) {sorted(unknown)}; known: image_size, {', '.join(REGULARIZERS)}"
+            )
         if "image_size" not in row:
             raise ValueError(f"phase {i}: image_size is missing")
-        bad = [k for k in (*REGULARIZERS, "image_size") if k in row
-               and (isinstance(row[k], bool) or not isinstance(row[k], (int, float)))]
+        bad = [
+            k
+            for k in (*REGULARIZERS, "image_size")
+            if k in row and (isinstance(row[k], bool) or not isinstance(row[k], (int, float)))
+        ]
         if bad or not float(row["image_size"]).is_integer():
-            raise ValueError(f"phase {i}: {', '.join(bad) or 'image_size'} must be a number "
-                             f"(image_size whole pixels), got {row.get((bad or ['image_size'])[0])!r}")
+            raise ValueError(
+                f"phase {i}: {', '.join(bad) or 'image_size'} must be a number "
+                f"(image_size whole pixels), got {row.get((bad or ['image_size'])[0])!r}"
+            )
         values = {k: float(row.get(k, 0)) for k in REGULARIZERS}
         stages.append(TrainingStage(i, first - 1, last, int(row["image_size"]), **values))
         expected_first = last + 1
@@ -141,9 +166,11 @@ def phase_table(rows: list[dict], epochs: int | None = None) -> Schedule:
 def _validated(schedule: Schedule) -> Schedule:
     for earlier, later in zip(schedule, schedule[1:]):
         if later.image_size < earlier.image_size:
-            raise ValueError(f"image size shrinks from {earlier.image_size}px (stage {earlier.index}) to "
-                             f"{later.image_size}px (stage {later.index}): progressive learning grows images; "
-                             f"give sizes from small to large")
+            raise ValueError(
+                f"image size shrinks from {earlier.image_size}px (stage {earlier.index}) to "
+                f"{later.image_size}px (stage {later.index}): progressive learning grows images; "
+                f"give sizes from small to large"
+            )
     for s in schedule:
         if s.image_size <= 0:
             raise ValueError(f"stage {s.index}: image size must be positive, got {s.image_size}")
@@ -181,8 +208,10 @@ def schedule_from_spec(spec: dict, epochs: int) -> Schedule:
         raise ValueError(f"schedule must be a mapping (size, num_stages, ...), got {spec!r}")
     kinds = [k for k in ("coursework", "phases", "size") if k in spec]
     if len(kinds) > 1:
-        raise ValueError(f"schedule mixes {' and '.join(kinds)}: give Algorithm-1 ranges (size, ...), "
-                         f"a phase table (phases) or a coursework table, not several")
+        raise ValueError(
+            f"schedule mixes {' and '.join(kinds)}: give Algorithm-1 ranges (size, ...), "
+            f"a phase table (phases) or a coursework table, not several"
+        )
     spec = dict(spec)
     if "coursework" in spec:
         name = spec.pop("coursework")
@@ -205,12 +234,17 @@ def schedule_from_spec(spec: dict, epochs: int) -> Schedule:
     if isinstance(num_stages, bool) or not isinstance(num_stages, int):
         raise ValueError(f"num_stages must be an integer, got {num_stages!r}")
     shape = {k: spec.pop(k) for k in ("final_share", "size_multiple") if k in spec}
-    if "final_share" in shape and (isinstance(shape["final_share"], bool)
-                                   or not isinstance(shape["final_share"], (int, float))):
+    if "final_share" in shape and (
+        isinstance(shape["final_share"], bool) or not isinstance(shape["final_share"], (int, float))
+    ):
         raise ValueError(f"final_share must be a number in (0, 1), got {shape['final_share']!r}")
     multiple = shape.get("size_multiple", 1)
-    if isinstance(multiple, bool) or not isinstance(multiple, (int, float)) or multiple < 1 \
-            or not float(multiple).is_integer():
+    if (
+        isinstance(multiple, bool)
+        or not isinstance(multiple, (int, float))
+        or multiple < 1
+        or not float(multiple).is_integer()
+    ):
         raise ValueError(f"size_multiple must be a whole number of pixels >= 1, got {multiple!r}")
     shape["size_multiple"] = int(multiple)
     pairs = {k: _pair(k, v) for k, v in spec.items()}

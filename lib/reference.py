@@ -5,6 +5,7 @@ has learned less than a ridge regression. Every accuracy plot draws it. The publ
 coursework deck's, the Fashion-MNIST authors' README's and the literature's) are written once here,
 so that notebooks 04 and 07 quote the same values.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,11 @@ COURSEWORK = {name: acc for name, what, acc in PUBLISHED if what.startswith("cou
 
 def ridge_classifier(train: Split, evaluate: Split, num_classes: int, l2: float = 10.0) -> torch.Tensor:
     """Predicted classes of ``evaluate`` from ridge regression of one-hot labels on pixels (closed form)."""
+
     def features(split: Split) -> torch.Tensor:
         x = split.images.flatten(1).double().cpu() / 255
         return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
     x = features(train)
     y = torch.nn.functional.one_hot(train.labels.cpu(), num_classes).double()
     weights = torch.linalg.solve(x.T @ x + l2 * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y)

@@ -15,6 +15,7 @@ that fails (disk full, no permission) removes its temporary file and becomes one
 folder. ``--overwrite`` sets the old run aside in ``.replaced/`` and deletes it only once the new
 run has written its first checkpoint; a new run that fails before that puts the old one back.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,9 +41,9 @@ CHECKPOINTS = "checkpoints"
 ASIDE = ".replaced"
 LOCK = ".lock"
 RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "history.json", "model.pt", CHECKPOINTS)
-OURS = (*RUN_FILES, LOCK, ASIDE, "preflight.json", ".preflight")   # what a folder with a run of ours holds
-NOTEBOOK_ENV = "EFFNETV2_NOTEBOOK"    # set by lib.notebook.start: which notebook, with which parameters
-MAKE_ENV = "EFFNETV2_MAKE"            # set by the Makefile: which make target ran the notebooks
+OURS = (*RUN_FILES, LOCK, ASIDE, "preflight.json", ".preflight")  # what a folder with a run of ours holds
+NOTEBOOK_ENV = "EFFNETV2_NOTEBOOK"  # set by lib.notebook.start: which notebook, with which parameters
+MAKE_ENV = "EFFNETV2_MAKE"  # set by the Makefile: which make target ran the notebooks
 
 
 class TrainingError(RuntimeError):
@@ -69,6 +70,7 @@ def display_path(path: str | os.PathLike) -> str:
 
 # ---------------------------------------------------------------- writing files
 
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` to a process-unique temporary name, then rename it to ``path``.
 
@@ -87,8 +89,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
         if isinstance(e, RuntimeError) and not full and "inline_container" not in str(e):
             raise
-        reason = _reason(e) if isinstance(e, OSError) and not full else _reason(OSError(errno.ENOSPC, "")) \
-            if full else f"the write failed ({' '.join(str(e).split())[:120]})"
+        reason = (
+            _reason(e)
+            if isinstance(e, OSError) and not full
+            else _reason(OSError(errno.ENOSPC, ""))
+            if full
+            else f"the write failed ({' '.join(str(e).split())[:120]})"
+        )
         raise RunFolderError(f"cannot write {path.name} in {path.parent}: {reason}") from None
     except BaseException:
         with contextlib.suppress(OSError):
@@ -105,7 +112,9 @@ def _free_bytes(folder: Path) -> int:
 
 def _reason(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
-        return "no space left on the device; free some space and run again (--resume continues from the last checkpoint)"
+        return (
+            "no space left on the device; free some space and run again (--resume continues from the last checkpoint)"
+        )
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "permission denied; choose a writable --out"
     return error.strerror or str(error)
@@ -118,10 +127,13 @@ def write_json(path: Path, payload) -> None:
 def write_csv(path: Path, rows: list[dict]) -> None:
     def write(p: Path) -> None:
         with open(p, "w", newline="") as f:
-            fields = list(dict.fromkeys(key for row in rows for key in row))    # rows may add columns (a size change's readings)
+            fields = list(
+                dict.fromkeys(key for row in rows for key in row)
+            )  # rows may add columns (a size change's readings)
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
+
     if rows:
         atomic_write(path, write)
 
@@ -130,7 +142,7 @@ def save_torch(path: Path, obj) -> None:
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
-LOCK_WAIT = 0.5     # seconds a second writer tries before it is refused
+LOCK_WAIT = 0.5  # seconds a second writer tries before it is refused
 
 
 def _write_pid(fd: int) -> None:
@@ -152,13 +164,22 @@ def _ours(name: str) -> bool:
 
 # ---------------------------------------------------------------- what produced a run
 
+
 def environment() -> dict:
     """Hardware and software versions, recorded with every result."""
     import torchvision
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "device": device, "cpu_count": os.cpu_count(),
-            "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(), "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "device": device,
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
 
 
 def cpu_name() -> str:
@@ -227,6 +248,7 @@ def settings_key(identity: dict) -> str:
 
 # ---------------------------------------------------------------- the folder
 
+
 class RunFolder:
     """One run's folder: checks before work, a lock while writing, checkpoints, outputs."""
 
@@ -271,11 +293,15 @@ class RunFolder:
         if self.finished and resume:
             raise RunFolderError(f"{self.path} is already finished; nothing to resume (--overwrite starts again)")
         if self.finished:
-            raise RunFolderError(f"{self.path} holds a finished run (metrics.json); pass --overwrite to "
-                                 f"replace it or choose another --out")
+            raise RunFolderError(
+                f"{self.path} holds a finished run (metrics.json); pass --overwrite to "
+                f"replace it or choose another --out"
+            )
         if found and not resume:
-            raise RunFolderError(f"{self.path} holds an unfinished run ({found[-1].name}); pass --resume to "
-                                 f"continue it or --overwrite to start again")
+            raise RunFolderError(
+                f"{self.path} holds an unfinished run ({found[-1].name}); pass --resume to "
+                f"continue it or --overwrite to start again"
+            )
         if resume and not found:
             raise RunFolderError(f"--resume: no checkpoint in {self.path / CHECKPOINTS}")
 
@@ -288,8 +314,10 @@ class RunFolder:
         ``--overwrite`` would set its files aside and delete them.
         """
         if not self.given.strip():
-            raise RunFolderError(f"--out is empty ({repr(self.given) if not self.given else 'only spaces'}): name the run's folder, e.g. --out runs/my-run "
-                                 f"(--out $OUT with OUT unset gives an empty one)")
+            raise RunFolderError(
+                f"--out is empty ({repr(self.given) if not self.given else 'only spaces'}): name the run's folder, e.g. --out runs/my-run "
+                f"(--out $OUT with OUT unset gives an empty one)"
+            )
         for parent in (self.path, *self.path.parents):
             if parent.exists() and not parent.is_dir():
                 raise RunFolderError(f"--out {self.path}: {parent} is a file, not a folder")
@@ -300,8 +328,10 @@ class RunFolder:
         if names and not any(_ours(name) for name in names):
             shown = sorted(names, key=lambda n: (n.startswith("."), n.lower()))
             listed = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
-            raise RunFolderError(f"--out {self.path} is not empty and holds no training run ({listed}); "
-                                 f"choose a new or empty folder, e.g. --out runs/my-run")
+            raise RunFolderError(
+                f"--out {self.path} is not empty and holds no training run ({listed}); "
+                f"choose a new or empty folder, e.g. --out runs/my-run"
+            )
 
     @contextlib.contextmanager
     def lock(self):
@@ -316,15 +346,17 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             held.acquire()
         except filelock.Timeout:
-            raise RunFolderError(f"{self.path} is in use by another training process (pid {_read_pid(path)}); "
-                                 f"wait for it to finish or choose another --out") from None
+            raise RunFolderError(
+                f"{self.path} is in use by another training process (pid {_read_pid(path)}); "
+                f"wait for it to finish or choose another --out"
+            ) from None
         except OSError as e:
             raise RunFolderError(f"cannot write in {self.path}: {_reason(e)}") from None
         try:
             yield self
         finally:
             with contextlib.suppress(OSError):
-                path.unlink()           # while still locked: a process that opened it meanwhile sees it gone
+                path.unlink()  # while still locked: a process that opened it meanwhile sees it gone
             held.release()
 
     # -- replacing a run without losing it
@@ -377,7 +409,9 @@ class RunFolder:
         except OSError as e:
             raise RunFolderError(f"cannot write in {folder}: {_reason(e)}") from None
         position = state.get("position")
-        path = folder / (f"epoch_{state['epoch']:04d}" + (f"_step_{position['batches']:06d}" if position else "") + ".pt")
+        path = folder / (
+            f"epoch_{state['epoch']:04d}" + (f"_step_{position['batches']:06d}" if position else "") + ".pt"
+        )
         save_torch(path, state)
         for old in self.checkpoints():
             if "_step_" in old.name and old.name < path.name:
@@ -404,8 +438,10 @@ class RunFolder:
                 bad.append(path.name)
                 continue
             return path, state
-        raise RunFolderError(f"--resume: no readable checkpoint in {self.path / CHECKPOINTS} "
-                             f"(unreadable: {', '.join(bad) or 'none'}); --overwrite starts again")
+        raise RunFolderError(
+            f"--resume: no readable checkpoint in {self.path / CHECKPOINTS} "
+            f"(unreadable: {', '.join(bad) or 'none'}); --overwrite starts again"
+        )
 
     # -- reuse
 
@@ -427,5 +463,21 @@ class RunFolder:
         return metrics if then == wanted else None
 
 
-__all__ = ["REPO_ROOT", "RunFolder", "RunFolderError", "TrainingError", "resolve", "atomic_write", "write_json", "write_csv",
-           "save_torch", "environment", "command", "settings_key", "finished_runs", "cpu_name", "cpu_flags", "display_path"]
+__all__ = [
+    "REPO_ROOT",
+    "RunFolder",
+    "RunFolderError",
+    "TrainingError",
+    "resolve",
+    "atomic_write",
+    "write_json",
+    "write_csv",
+    "save_torch",
+    "environment",
+    "command",
+    "settings_key",
+    "finished_runs",
+    "cpu_name",
+    "cpu_flags",
+    "display_path",
+]

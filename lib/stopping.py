@@ -7,6 +7,7 @@ raises ``Stopped``, which the command line turns into exit code 128 + the signal
 second signal, or one outside the loop (data loading, the final test), raises ``Stopped`` at once:
 writes are atomic (``lib/runs.py``), so that leaves no partial file.
 """
+
 from __future__ import annotations
 
 import signal
@@ -30,6 +31,7 @@ class Stopped(KeyboardInterrupt):
 
     def __str__(self) -> str:
         from .runs import display_path
+
         return self.message + (f"; checkpoint {display_path(self.checkpoint)}" if self.checkpoint else "")
 
 
@@ -69,8 +71,10 @@ class Stop:
             self.signum = signum
             if self.deferring:
                 return
-        raise Stopped(signum, f"stopped by {'a second ' if not first else ''}{signal_name(signum)}"
-                              f"{', at once' if not first else ''}")
+        raise Stopped(
+            signum,
+            f"stopped by {'a second ' if not first else ''}{signal_name(signum)}{', at once' if not first else ''}",
+        )
 
     def requested(self, ctx) -> int | None:
         """The signal every process stops on at this boundary, or None to go on.
@@ -79,7 +83,8 @@ class Stop:
         flags are reduced (max) at every boundary, so all processes stop after the same step.
         """
         from . import distributed
+
         agreed = distributed.max_over_processes(self.signum or 0, ctx) or None
         if agreed and self.signum is None:
-            self.signum = agreed            # stopping for another process's signal: a signal now is a second one
+            self.signum = agreed  # stopping for another process's signal: a signal now is a second one
         return agreed

@@ -13,6 +13,7 @@ from either, bit-for-bit on deterministic settings (``epoch_generator``). A NaN/
 keeps the last good checkpoint. ``metrics.json`` (``test_accuracy`` in 0-1, ``wall_seconds``) is
 written last, next to ``config.json``; the folder's rules are ``lib/runs.py``'s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ class Diverged(TrainingError):
 
 # ---------------------------------------------------------------- pieces the loop uses
 
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Cross-entropy against soft targets (mixup) with label smoothing, averaged over the batch."""
     if smoothing:
@@ -87,8 +89,15 @@ def recalibration_images(images: torch.Tensor, count: int, seed: int, epoch: int
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, transform, *, batch_size: int = 500,
-                          channels_last: bool = False, autocast=contextlib.nullcontext) -> None:
+def recalibrate_batchnorm(
+    model: nn.Module,
+    images: torch.Tensor,
+    transform,
+    *,
+    batch_size: int = 500,
+    channels_last: bool = False,
+    autocast=contextlib.nullcontext,
+) -> None:
     """Re-estimate every BatchNorm's running statistics of ``model`` on ``images`` (uint8) as
     ``transform`` prepares them for evaluation.
 
@@ -103,8 +112,10 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, transform, *, 
     plain.set_dropout(0.0)
     plain.set_drop_path_rate(0.0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    batches = (transform(images[i:i + batch_size]).contiguous(memory_format=memory_format)
-               for i in range(0, len(images), batch_size))
+    batches = (
+        transform(images[i : i + batch_size]).contiguous(memory_format=memory_format)
+        for i in range(0, len(images), batch_size)
+    )
     try:
         with autocast():
             torch.optim.swa_utils.update_bn(batches, plain)
@@ -114,8 +125,9 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, transform, *, 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, transform, *, tta_flip: bool = False,
-             autocast=contextlib.nullcontext) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, loader: DeviceLoader, transform, *, tta_flip: bool = False, autocast=contextlib.nullcontext
+) -> tuple[float, float]:
     """Mean loss (no smoothing) and accuracy; ``tta_flip`` averages the logits of both flips."""
     model.eval()
     loss_sum = torch.zeros((), device=loader.split.images.device, dtype=torch.float64)
@@ -149,15 +161,16 @@ def uses_weights_preprocessing(config: TrainConfig) -> bool:
 @dataclass
 class Training:
     """Everything one run builds before its first step, and where it is."""
+
     config: TrainConfig
     schedule: Schedule
     ctx: distributed.Context
     data: Dataset
-    model: nn.Module                    # the plain model: checkpoints, evaluation
-    step_model: nn.Module               # what a step calls: DDP- and/or compile-wrapped
+    model: nn.Module  # the plain model: checkpoints, evaluation
+    step_model: nn.Module  # what a step calls: DDP- and/or compile-wrapped
     optimizer: torch.optim.Optimizer
-    lr: LRScheduler                     # the rate of every step (lib.optim.lr_schedulers)
-    plateau: ReduceLROnPlateau | None   # scheduler plateau: the rule stepped after each validation
+    lr: LRScheduler  # the rate of every step (lib.optim.lr_schedulers)
+    plateau: ReduceLROnPlateau | None  # scheduler plateau: the rule stepped after each validation
     ema: torch.optim.swa_utils.AveragedModel | None
     augmenter: BatchAugmenter
     train_loader: DeviceLoader
@@ -165,22 +178,23 @@ class Training:
     precision: device.Precision
     compiler: device.Compiler
     signature: dict
-    notes: dict = field(default_factory=dict)   # what was loaded and frozen, for config.json
+    notes: dict = field(default_factory=dict)  # what was loaded and frozen, for config.json
     history: list = field(default_factory=list)
-    epoch: int = 0                      # the next epoch to train
-    steps: int = 0                      # optimizer steps taken
-    aside: bool = False                 # an old run waits in .replaced/ for our first checkpoint
-    resumed_at: int | None = None       # the epoch (1-based) this process resumed at, if it did
-    position: dict | None = None        # where a stopped run stood inside its epoch, until that epoch resumes
+    epoch: int = 0  # the next epoch to train
+    steps: int = 0  # optimizer steps taken
+    aside: bool = False  # an old run waits in .replaced/ for our first checkpoint
+    resumed_at: int | None = None  # the epoch (1-based) this process resumed at, if it did
+    position: dict | None = None  # where a stopped run stood inside its epoch, until that epoch resumes
     started: float = field(default_factory=time.perf_counter)
-    flops_per_image: dict = field(default_factory=dict)   # image size -> forward FLOPs of one image
+    flops_per_image: dict = field(default_factory=dict)  # image size -> forward FLOPs of one image
 
     def train_flops(self, image_size: int, images: int) -> float:
         """Training compute of ``images`` at ``image_size``: 3 x forward FLOPs (forward + backward),
         the usual convention, so a result reads as accuracy at a compute budget on any machine."""
         if image_size not in self.flops_per_image:
-            self.flops_per_image[image_size] = count_flops(unwrap(self.model), image_size,
-                                                           unwrap(self.model).in_channels)
+            self.flops_per_image[image_size] = count_flops(
+                unwrap(self.model), image_size, unwrap(self.model).in_channels
+            )
         return 3.0 * self.flops_per_image[image_size] * images
 
     @property
@@ -190,8 +204,16 @@ class Training:
 
 # ---------------------------------------------------------------- the run, step by step
 
-def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, log=print) -> dict:
+
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Train ``config`` into folder ``out`` and return the final metrics (also in metrics.json)."""
     started = time.perf_counter()
     config.validate()
@@ -199,15 +221,15 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     folder = RunFolder(out)
     ctx = distributed.setup(config.device)
     log = log if ctx.is_main else (lambda *a, **k: None)
-    stop = Stop()                       # SIGTERM, SIGINT: at once here, at the next step boundary in the loop
+    stop = Stop()  # SIGTERM, SIGINT: at once here, at the next step boundary in the loop
     t = None
     try:
         stop.install()
         if ctx.is_main:
-            folder.check(resume=resume, overwrite=overwrite)          # refusals come before any work
+            folder.check(resume=resume, overwrite=overwrite)  # refusals come before any work
         check_model_settings(config, schedule)
-        device.precision(config.amp, ctx.device)                       # a precision the device lacks: one line
-        device.Compiler(config.compile, ctx.device)                    # inductor without a C++ compiler: one line
+        device.precision(config.amp, ctx.device)  # a precision the device lacks: one line
+        device.Compiler(config.compile, ctx.device)  # inductor without a C++ compiler: one line
         distributed.barrier(ctx)
         with folder.lock() if ctx.is_main else contextlib.nullcontext():
             data = load_data(config, ctx)
@@ -223,8 +245,10 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                 stage = schedule.stage_at(epoch)
                 apply_stage(stage, t.model, t.optimizer, t.augmenter)
                 if stage is not current:
-                    log(f"-- {stage.describe()}" + (f" (compilations so far: {t.compiler.compilations})"
-                                                     if t.compiler.backend else ""))
+                    log(
+                        f"-- {stage.describe()}"
+                        + (f" (compilations so far: {t.compiler.compilations})" if t.compiler.backend else "")
+                    )
                     current = stage
                 # a run resumed inside an epoch made its size change before it stopped (that row's
                 # readings are lost with the stop; the remedies themselves are in the checkpoint)
@@ -235,14 +259,14 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                     raise Stopped(signum, f"stopped by {signal_name(signum)} at the end of epoch {epoch + 1}")
                 if config.max_steps is not None and t.steps >= config.max_steps:
                     break
-            stop.deferring = False      # the test evaluation is short: a signal stops it at once, the last checkpoint kept
+            stop.deferring = False  # the test evaluation is short: a signal stops it at once, the last checkpoint kept
             return finish(t, folder, log)
     except BaseException as e:
         recovered = t is not None and t.aside and folder.recover()
         if recovered:
             log(f"the new run stopped before its first checkpoint: the previous run in {folder.path} is back")
         if isinstance(e, Stopped) and e.checkpoint is None and not recovered:
-            e.checkpoint = (folder.checkpoints() or [None])[-1]          # what --resume continues from
+            e.checkpoint = (folder.checkpoints() or [None])[-1]  # what --resume continues from
         raise
     finally:
         stop.uninstall()
@@ -260,14 +284,23 @@ def check_model_settings(config: TrainConfig, schedule: Schedule) -> None:
     for stage in schedule:
         check_input_size(model, stage.image_size, f" in stage {stage.index}")
     if config.bn_recalibration and config.trainable != "all":
-        raise ValueError(f"bn_recalibration re-estimates every BatchNorm, but trainable is {config.trainable!r}: "
-                         f"frozen layers keep their pretrained statistics; set bn_recalibration=0")
+        raise ValueError(
+            f"bn_recalibration re-estimates every BatchNorm, but trainable is {config.trainable!r}: "
+            f"frozen layers keep their pretrained statistics; set bn_recalibration=0"
+        )
 
 
 def load_data(config: TrainConfig, ctx: distributed.Context) -> Dataset:
     """The dataset's splits as uint8 tensors on the training device (labels checked at load)."""
-    return load_dataset(config.dataset, resolve(config.data_root), val_fraction=config.val_fraction,
-                        seed=config.seed, device=ctx.device, limit=config.limit, download=config.download)
+    return load_dataset(
+        config.dataset,
+        resolve(config.data_root),
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        device=ctx.device,
+        limit=config.limit,
+        download=config.download,
+    )
 
 
 def build_network(config: TrainConfig, data: Dataset, ctx: distributed.Context) -> tuple[nn.Module, dict]:
@@ -278,8 +311,7 @@ def build_network(config: TrainConfig, data: Dataset, ctx: distributed.Context) 
     in_channels = 3 if uses_weights_preprocessing(config) else data.in_channels
     model = build_model(config.model, data.num_classes, in_channels, **config.model_overrides)
     if config.pretrained:
-        notes["pretrained"] = load_pretrained(model, config.pretrained, download=config.download,
-                                              progress=ctx.is_main)
+        notes["pretrained"] = load_pretrained(model, config.pretrained, download=config.download, progress=ctx.is_main)
     notes["frozen"] = freeze_backbone(model, config.trainable, bn_eval=config.frozen_bn_eval)
     model.to(ctx.device)
     if config.channels_last:
@@ -294,10 +326,19 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
     step calls (DDP, compile), augmentation with the right preprocessing, and the loaders."""
     model, notes = build_network(config, data, ctx)
     if config.batch_size % (ctx.world_size * config.accumulate):
-        raise TrainingError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} process(es) x "
-                            f"{config.accumulate} accumulation step(s)")
-    train_loader = DeviceLoader(data.train, config.batch_size // ctx.world_size, shuffle=True, drop_last=True,
-                                seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
+        raise TrainingError(
+            f"batch_size {config.batch_size} is not divisible by {ctx.world_size} process(es) x "
+            f"{config.accumulate} accumulation step(s)"
+        )
+    train_loader = DeviceLoader(
+        data.train,
+        config.batch_size // ctx.world_size,
+        shuffle=True,
+        drop_last=True,
+        seed=config.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
     if len(train_loader) == 0:
         raise TrainingError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
     optimizer = make_optimizer(model, config)
@@ -306,7 +347,8 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
     step_model = model
     if ctx.distributed:
         step_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
     compiler = device.Compiler(config.compile, ctx.device)
     step_model = compiler(step_model)
     preprocess = None
@@ -315,19 +357,50 @@ def build(config: TrainConfig, schedule: Schedule, data: Dataset, ctx: distribut
         preprocess = pretrained_transforms(config.model, weights)
         notes["preprocessing"] = preprocess.values()
     augmenter = make_augmenter(config, data, schedule[0], preprocess)
-    signature = {"model": config.model, "overrides": config.model_overrides, "num_classes": data.num_classes,
-                 "in_channels": unwrap(model).in_channels, "num_params": count_parameters(model)}
-    return Training(config, schedule, ctx, data, model, step_model, optimizer, lr, plateau, ema, augmenter,
-                    train_loader, DeviceLoader(data.val, config.eval_batch_size, shuffle=False),
-                    device.precision(config.amp, ctx.device), compiler, signature, notes)
+    signature = {
+        "model": config.model,
+        "overrides": config.model_overrides,
+        "num_classes": data.num_classes,
+        "in_channels": unwrap(model).in_channels,
+        "num_params": count_parameters(model),
+    }
+    return Training(
+        config,
+        schedule,
+        ctx,
+        data,
+        model,
+        step_model,
+        optimizer,
+        lr,
+        plateau,
+        ema,
+        augmenter,
+        train_loader,
+        DeviceLoader(data.val, config.eval_batch_size, shuffle=False),
+        device.precision(config.amp, ctx.device),
+        compiler,
+        signature,
+        notes,
+    )
 
 
 def make_augmenter(config: TrainConfig, data: Dataset, stage: TrainingStage, preprocess=None) -> BatchAugmenter:
     """The training augmentation of ``config`` at ``stage``'s values (what a step receives)."""
-    augmenter = BatchAugmenter(data.num_classes, stage.image_size, data.mean, data.std,
-                               num_ops=config.randaug_ops, padding=config.crop_padding, flip=config.flip,
-                               padding_mode=config.crop_mode, erasing=config.random_erasing,
-                               min_area=config.rrc_min_area, resize_mode=config.resize_mode, preprocess=preprocess)
+    augmenter = BatchAugmenter(
+        data.num_classes,
+        stage.image_size,
+        data.mean,
+        data.std,
+        num_ops=config.randaug_ops,
+        padding=config.crop_padding,
+        flip=config.flip,
+        padding_mode=config.crop_mode,
+        erasing=config.random_erasing,
+        min_area=config.rrc_min_area,
+        resize_mode=config.resize_mode,
+        preprocess=preprocess,
+    )
     augmenter.magnitude, augmenter.mixup_alpha = stage.randaug_magnitude, stage.mixup_alpha
     return augmenter
 
@@ -338,37 +411,55 @@ def start_fresh(t: Training, folder: RunFolder, overwrite: bool, log) -> None:
         t.aside = True
         log(f"--overwrite: the previous run in {folder.path} is set aside until the first new checkpoint")
     c, d = t.config, t.data
-    folder.write_json("config.json", {
-        "config": asdict(c), "identity": c.identity(), "schedule": t.schedule.rows(), "signature": t.signature,
-        "dataset_source": d.source, "notes": t.notes, "command": command(), "environment": environment()})
+    folder.write_json(
+        "config.json",
+        {
+            "config": asdict(c),
+            "identity": c.identity(),
+            "schedule": t.schedule.rows(),
+            "signature": t.signature,
+            "dataset_source": d.source,
+            "notes": t.notes,
+            "command": command(),
+            "environment": environment(),
+        },
+    )
     frozen = t.notes["frozen"]
-    log(f"{c.model} ({frozen['total']:,} parameters, {frozen['trainable']:,} trainable"
+    log(
+        f"{c.model} ({frozen['total']:,} parameters, {frozen['trainable']:,} trainable"
         f"{', from ' + t.notes['pretrained'] if 'pretrained' in t.notes else ''}) on {d.name}: {len(d.train)} "
         f"train / {len(d.val)} val / {len(d.test)} test images, {device.describe(c.device, t.ctx.device)}, "
         f"{t.ctx.world_size} process(es), "
-        f"{t.precision.describe()}, {t.compiler.describe()}\n{t.schedule.describe()}")
+        f"{t.precision.describe()}, {t.compiler.describe()}\n{t.schedule.describe()}"
+    )
 
 
 def restore(t: Training, folder: RunFolder, log) -> None:
     """Continue from the newest readable checkpoint, if it was made with these settings."""
     path, state = folder.load_checkpoint(t.ctx.device, log)
     if state["signature"] != t.signature:
-        raise TrainingError(f"{path} holds a checkpoint of {state['signature']}, but this run builds "
-                            f"{t.signature}; use another --out or the checkpoint's settings")
+        raise TrainingError(
+            f"{path} holds a checkpoint of {state['signature']}, but this run builds "
+            f"{t.signature}; use another --out or the checkpoint's settings"
+        )
     defaults = TrainConfig().identity()
     saved = {**defaults, **state.get("identity", {})}
     now = t.config.identity()
     changed = [k for k in now if _as_json(saved.get(k)) != _as_json(now[k])]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise TrainingError(f"--resume: {folder.path} was trained with other settings ({diffs}); resume with "
-                            f"the same settings (only {', '.join(sorted(safe_settings()))} may change) or start "
-                            f"again with --overwrite")
+        raise TrainingError(
+            f"--resume: {folder.path} was trained with other settings ({diffs}); resume with "
+            f"the same settings (only {', '.join(sorted(safe_settings()))} may change) or start "
+            f"again with --overwrite"
+        )
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
     if set(state["lr"]) != {"per_step", "plateau"}:
-        raise TrainingError(f"{path} holds the learning rate as the trainer kept it before torch.optim.lr_scheduler: "
-                            f"resume it with the version that wrote it, or start again with --overwrite")
+        raise TrainingError(
+            f"{path} holds the learning rate as the trainer kept it before torch.optim.lr_scheduler: "
+            f"resume it with the version that wrote it, or start again with --overwrite"
+        )
     t.lr.load_state_dict(state["lr"]["per_step"])
     if t.plateau is not None:
         t.plateau.load_state_dict(state["lr"]["plateau"])
@@ -376,20 +467,24 @@ def restore(t: Training, folder: RunFolder, log) -> None:
         t.ema.load_state_dict(state["ema"])
     t.precision.scaler.load_state_dict(state.get("scaler") or {})
     t.history, t.epoch, t.steps = state["history"], state["epoch"], state["steps"]
-    position = state.get("position")        # a run stopped inside an epoch (stop_inside_epoch)
+    position = state.get("position")  # a run stopped inside an epoch (stop_inside_epoch)
     if position is not None:
         if position["world_size"] != t.ctx.world_size or len(position["order"]) != len(t.data.train):
-            raise TrainingError(f"{path} was stopped inside epoch {t.epoch + 1} with {position['world_size']} "
-                                f"process(es) and {len(position['order'])} training images; resume it with the same, "
-                                f"or delete it to resume from the checkpoint before it")
+            raise TrainingError(
+                f"{path} was stopped inside epoch {t.epoch + 1} with {position['world_size']} "
+                f"process(es) and {len(position['order'])} training images; resume it with the same, "
+                f"or delete it to resume from the checkpoint before it"
+            )
         t.position = position
         t.started -= position["elapsed_seconds"]
-    elif t.history:     # the clock goes on from the checkpoint's: wall_seconds counts every epoch kept, not the pause
+    elif t.history:  # the clock goes on from the checkpoint's: wall_seconds counts every epoch kept, not the pause
         t.started -= t.history[-1].get("elapsed_seconds", 0.0)
     t.resumed_at = t.epoch + 1
     inside = f", batch {position['batches'] + 1} of {len(t.train_loader)}" if position is not None else ""
-    log(f"resumed from {path} at epoch {t.epoch + 1}{inside} "
-        f"(stage {t.schedule.stage_at(min(t.epoch, t.config.epochs - 1)).index})")
+    log(
+        f"resumed from {path} at epoch {t.epoch + 1}{inside} "
+        f"(stage {t.schedule.stage_at(min(t.epoch, t.config.epochs - 1)).index})"
+    )
 
 
 def _as_json(value) -> str:
@@ -405,8 +500,14 @@ def progress_disabled() -> bool:
 def recalibrate(t: Training, model: nn.Module, epoch: int) -> None:
     """``bn_recalibration`` training images re-estimate ``model``'s BatchNorm at the current size."""
     images = recalibration_images(t.data.train.images, t.config.bn_recalibration, t.config.seed, epoch)
-    recalibrate_batchnorm(model, images, t.augmenter.eval_transform, batch_size=t.config.eval_batch_size,
-                          channels_last=t.config.channels_last, autocast=t.precision.autocast)
+    recalibrate_batchnorm(
+        model,
+        images,
+        t.augmenter.eval_transform,
+        batch_size=t.config.eval_batch_size,
+        channels_last=t.config.channels_last,
+        autocast=t.precision.autocast,
+    )
 
 
 def change_size(t: Training, epoch: int, log) -> dict:
@@ -423,9 +524,10 @@ def change_size(t: Training, epoch: int, log) -> dict:
         return {}
     reading = {}
     if len(t.data.val):
-        reading["switch_val_accuracy"] = evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform,
-                                                  autocast=t.precision.autocast)[1]
-    if t.config.ema_restart and t.ema is not None:     # its next update copies the weights, then warms up again
+        reading["switch_val_accuracy"] = evaluate(
+            t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast
+        )[1]
+    if t.config.ema_restart and t.ema is not None:  # its next update copies the weights, then warms up again
         t.ema.n_averaged.zero_()
     if t.config.bn_recalibration:
         started = time.perf_counter()
@@ -435,15 +537,22 @@ def change_size(t: Training, epoch: int, log) -> dict:
         reading["recalibration_seconds"] = time.perf_counter() - started
         if len(t.data.val):
             reading["switch_val_accuracy_recalibrated"] = evaluate(
-                t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast)[1]
-    log("   size change: validation at the new size before any step " + ", ".join(
-        f"{k.replace('switch_val_accuracy', '').strip('_') or 'as is'} {v:.2%}" for k, v in reading.items()
-        if k.startswith("switch")))
+                t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast
+            )[1]
+    log(
+        "   size change: validation at the new size before any step "
+        + ", ".join(
+            f"{k.replace('switch_val_accuracy', '').strip('_') or 'as is'} {v:.2%}"
+            for k, v in reading.items()
+            if k.startswith("switch")
+        )
+    )
     return reading
 
 
-def train_one_epoch(t: Training, stage: TrainingStage, epoch: int, folder: RunFolder, progress: bool,
-                    stop: Stop | None = None) -> dict:
+def train_one_epoch(
+    t: Training, stage: TrainingStage, epoch: int, folder: RunFolder, progress: bool, stop: Stop | None = None
+) -> dict:
     """One pass over the training split at this stage's settings: loss, accuracy and speed.
 
     A run resumed inside this epoch (``t.position``) continues after the batches it had trained
@@ -457,11 +566,11 @@ def train_one_epoch(t: Training, stage: TrainingStage, epoch: int, folder: RunFo
     correct = torch.zeros((), device=t.ctx.device, dtype=torch.long)
     seen, started = 0, time.perf_counter()
     done, position, t.position = 0, t.position, None
-    if position is not None:            # the stopped run's state at its last step boundary, this process's share
+    if position is not None:  # the stopped run's state at its last step boundary, this process's share
         mine, done = position["ranks"][t.ctx.rank], position["batches"]
         t.train_loader.set_epoch(epoch, order=position["order"], start=done)
         gen.set_state(mine["generator"].cpu())
-        torch.set_rng_state(mine["torch_rng"].cpu())             # dropout, stochastic depth
+        torch.set_rng_state(mine["torch_rng"].cpu())  # dropout, stochastic depth
         if mine["cuda_rng"] is not None:
             torch.cuda.set_rng_state(mine["cuda_rng"].cpu(), t.ctx.device)
         # The epoch's row is the whole epoch's, both parts: its loss and accuracy average every batch,
@@ -470,21 +579,29 @@ def train_one_epoch(t: Training, stage: TrainingStage, epoch: int, folder: RunFo
         loss_sum += mine["loss_sum"].to(loss_sum.device)
         correct += mine["correct"].to(correct.device)
         seen, started = mine["seen"], started - position["seconds"]
-    bar = tqdm(t.train_loader, desc=f"epoch {epoch + 1}/{c.epochs} @{stage.image_size}px", initial=done,
-               disable=not (progress and t.ctx.is_main) or progress_disabled(), leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        t.train_loader,
+        desc=f"epoch {epoch + 1}/{c.epochs} @{stage.image_size}px",
+        initial=done,
+        disable=not (progress and t.ctx.is_main) or progress_disabled(),
+        leave=False,
+        dynamic_ncols=True,
+    )
     for i, (images, labels) in enumerate(bar, start=done):
         x, targets = t.augmenter(images, labels, gen)
         loss, logits = optimizer_step(t, x, targets)
         loss_sum += loss.detach().double() * len(labels)
         correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()
         seen += len(labels)
-        if i % 50 == 49 or i == len(t.train_loader) - 1:      # one host sync every 50 steps
+        if i % 50 == 49 or i == len(t.train_loader) - 1:  # one host sync every 50 steps
             running = loss_sum.item() / seen
             if not math.isfinite(running):
                 last = folder.checkpoints()
-                raise Diverged(f"loss became {running} in epoch {epoch + 1} (step {t.steps}); the last good "
-                               f"checkpoint is {last[-1] if last else 'none (first epoch)'}; start again with "
-                               f"a lower learning rate (--overwrite --lr ...) or check the data")
+                raise Diverged(
+                    f"loss became {running} in epoch {epoch + 1} (step {t.steps}); the last good "
+                    f"checkpoint is {last[-1] if last else 'none (first epoch)'}; start again with "
+                    f"a lower learning rate (--overwrite --lr ...) or check the data"
+                )
             bar.set_postfix(loss=f"{running:.3f}")
         if c.max_steps is not None and t.steps >= c.max_steps:
             break
@@ -493,36 +610,67 @@ def train_one_epoch(t: Training, stage: TrainingStage, epoch: int, folder: RunFo
     device.synchronize(t.ctx.device)
     seconds = time.perf_counter() - started
     stats = distributed.all_reduce_sum(
-        torch.stack([loss_sum, correct.double(), torch.tensor(seen, device=t.ctx.device, dtype=torch.float64)]), t.ctx)
-    return {"train_loss": (stats[0] / stats[2]).item(), "train_accuracy": (stats[1] / stats[2]).item(),
-            "started": started, "images": int(stats[2].item()), "train_images_per_second": stats[2].item() / seconds}
+        torch.stack([loss_sum, correct.double(), torch.tensor(seen, device=t.ctx.device, dtype=torch.float64)]), t.ctx
+    )
+    return {
+        "train_loss": (stats[0] / stats[2]).item(),
+        "train_accuracy": (stats[1] / stats[2]).item(),
+        "started": started,
+        "images": int(stats[2].item()),
+        "train_images_per_second": stats[2].item() / seconds,
+    }
 
 
-def stop_inside_epoch(t: Training, folder: RunFolder, epoch: int, batches: int, gen: torch.Generator,
-                      sums: tuple, started: float, signum: int) -> Stopped:
+def stop_inside_epoch(
+    t: Training,
+    folder: RunFolder,
+    epoch: int,
+    batches: int,
+    gen: torch.Generator,
+    sums: tuple,
+    started: float,
+    signum: int,
+) -> Stopped:
     """Checkpoint the position inside the epoch, so that ``--resume`` goes on with the next batch as
     an uninterrupted run would: the data order, every process's generators and running sums
     (gathered to rank 0, which writes), the step counter and the clocks. Returns the ``Stopped``."""
     device.synchronize(t.ctx.device)
     seconds = time.perf_counter() - started
     loss_sum, correct, seen = sums
-    ranks = distributed.gather_objects({
-        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(t.ctx.device) if t.ctx.device.type == "cuda" else None,
-        "loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen}, t.ctx)
+    ranks = distributed.gather_objects(
+        {
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(t.ctx.device) if t.ctx.device.type == "cuda" else None,
+            "loss_sum": loss_sum.cpu(),
+            "correct": correct.cpu(),
+            "seen": seen,
+        },
+        t.ctx,
+    )
     path = None
     if t.ctx.is_main:
         state = checkpoint_state(t)
-        state["position"] = {"epoch": epoch, "batches": batches, "world_size": t.ctx.world_size,
-                             "order": t.train_loader.permutation(), "ranks": ranks, "seconds": seconds,
-                             "elapsed_seconds": time.perf_counter() - t.started}
+        state["position"] = {
+            "epoch": epoch,
+            "batches": batches,
+            "world_size": t.ctx.world_size,
+            "order": t.train_loader.permutation(),
+            "ranks": ranks,
+            "seconds": seconds,
+            "elapsed_seconds": time.perf_counter() - t.started,
+        }
         path = folder.save_checkpoint(state, t.config.keep_checkpoints)
         if t.aside:
             folder.drop_aside()
             t.aside = False
-    distributed.barrier(t.ctx)          # no process exits (torchrun then ends the others) before the file is whole
-    return Stopped(signum, f"stopped by {signal_name(signum)} after step {t.steps} (epoch {epoch + 1}, batch "
-                           f"{batches} of {len(t.train_loader)})", path)
+    distributed.barrier(t.ctx)  # no process exits (torchrun then ends the others) before the file is whole
+    return Stopped(
+        signum,
+        f"stopped by {signal_name(signum)} after step {t.steps} (epoch {epoch + 1}, batch "
+        f"{batches} of {len(t.train_loader)})",
+        path,
+    )
 
 
 def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -531,7 +679,7 @@ def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple
     With ``accumulate`` = A the batch runs as A micro-batches whose gradients add up to the whole
     batch's (each loss weighted by its share); under torchrun only the last one synchronizes.
     """
-    if t.steps:                         # building the schedulers set the first step's rate
+    if t.steps:  # building the schedulers set the first step's rate
         step_lr(t.lr)
     if t.config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -559,27 +707,42 @@ def optimizer_step(t: Training, x: torch.Tensor, targets: torch.Tensor) -> tuple
 def end_epoch(t: Training, folder: RunFolder, stage: TrainingStage, epoch: int, train_stats: dict, log) -> None:
     """Validate, step the plateau rule, log one line, and write the epoch's row and checkpoint."""
     c, data = t.config, t.data
-    if c.bn_recalibration and t.ema is not None:     # the averaged weights get statistics of their own
+    if c.bn_recalibration and t.ema is not None:  # the averaged weights get statistics of their own
         recalibrate(t, t.ema.module, epoch)
-    val_loss, val_acc = (evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast)
-                         if len(data.val) else (float("nan"), float("nan")))
-    row = {"epoch": epoch + 1, "stage": stage.index, "image_size": stage.image_size,
-           "randaug_magnitude": stage.randaug_magnitude, "mixup_alpha": stage.mixup_alpha,
-           "dropout": stage.dropout, "drop_path": stage.drop_path, "weight_decay": stage.weight_decay,
-           "lr": t.optimizer.param_groups[0]["lr"], "train_loss": train_stats["train_loss"],
-           "train_accuracy": train_stats["train_accuracy"], "val_loss": val_loss, "val_accuracy": val_acc,
-           "epoch_seconds": time.perf_counter() - train_stats["started"] + train_stats.get("recalibration_seconds", 0.0),
-           "train_images_per_second": train_stats["train_images_per_second"],
-           "train_flops": t.train_flops(stage.image_size, train_stats["images"]),
-           "elapsed_seconds": time.perf_counter() - t.started,
-           **{k: v for k, v in train_stats.items() if k.startswith(("switch_", "recalibration_"))}}
-    if t.plateau is not None and math.isfinite(val_acc):      # the row keeps the rate this epoch ended with
+    val_loss, val_acc = (
+        evaluate(t.eval_model, t.val_loader, t.augmenter.eval_transform, autocast=t.precision.autocast)
+        if len(data.val)
+        else (float("nan"), float("nan"))
+    )
+    row = {
+        "epoch": epoch + 1,
+        "stage": stage.index,
+        "image_size": stage.image_size,
+        "randaug_magnitude": stage.randaug_magnitude,
+        "mixup_alpha": stage.mixup_alpha,
+        "dropout": stage.dropout,
+        "drop_path": stage.drop_path,
+        "weight_decay": stage.weight_decay,
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "train_loss": train_stats["train_loss"],
+        "train_accuracy": train_stats["train_accuracy"],
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "epoch_seconds": time.perf_counter() - train_stats["started"] + train_stats.get("recalibration_seconds", 0.0),
+        "train_images_per_second": train_stats["train_images_per_second"],
+        "train_flops": t.train_flops(stage.image_size, train_stats["images"]),
+        "elapsed_seconds": time.perf_counter() - t.started,
+        **{k: v for k, v in train_stats.items() if k.startswith(("switch_", "recalibration_"))},
+    }
+    if t.plateau is not None and math.isfinite(val_acc):  # the row keeps the rate this epoch ended with
         t.plateau.step(val_acc)
     t.history.append(row)
     t.epoch = epoch + 1
-    log(f"epoch {epoch + 1:3d}/{c.epochs} @{stage.image_size}px  train {row['train_loss']:.4f} / "
+    log(
+        f"epoch {epoch + 1:3d}/{c.epochs} @{stage.image_size}px  train {row['train_loss']:.4f} / "
         f"{row['train_accuracy']:.2%}  val {val_loss:.4f} / {val_acc:.2%}  lr {row['lr']:.2e}  "
-        f"{row['train_images_per_second']:,.0f} img/s  {row['epoch_seconds']:.1f}s")
+        f"{row['train_images_per_second']:,.0f} img/s  {row['epoch_seconds']:.1f}s"
+    )
     if t.ctx.is_main:
         folder.save_checkpoint(checkpoint_state(t), c.keep_checkpoints)
         if t.aside:
@@ -591,42 +754,75 @@ def end_epoch(t: Training, folder: RunFolder, stage: TrainingStage, epoch: int, 
 
 def checkpoint_state(t: Training) -> dict:
     """Everything ``restore`` needs to continue exactly where this run is."""
-    return {"epoch": t.epoch, "steps": t.steps, "signature": t.signature, "identity": t.config.identity(),
-            "config": asdict(t.config), "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
-            "lr": {"per_step": t.lr.state_dict(), "plateau": t.plateau.state_dict() if t.plateau else None},
-            "ema": t.ema.state_dict() if t.ema is not None else None,
-            "scaler": t.precision.scaler.state_dict(), "history": t.history}
+    return {
+        "epoch": t.epoch,
+        "steps": t.steps,
+        "signature": t.signature,
+        "identity": t.config.identity(),
+        "config": asdict(t.config),
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "lr": {"per_step": t.lr.state_dict(), "plateau": t.plateau.state_dict() if t.plateau else None},
+        "ema": t.ema.state_dict() if t.ema is not None else None,
+        "scaler": t.precision.scaler.state_dict(),
+        "history": t.history,
+    }
 
 
 def finish(t: Training, folder: RunFolder, log) -> dict:
     """One hold-out test evaluation of the final (EMA) weights; model.pt, then metrics.json."""
     c, data = t.config, t.data
-    test_loss, test_acc = evaluate(t.eval_model, DeviceLoader(data.test, c.eval_batch_size, shuffle=False),
-                                   t.augmenter.eval_transform, tta_flip=c.tta_flip, autocast=t.precision.autocast)
+    test_loss, test_acc = evaluate(
+        t.eval_model,
+        DeviceLoader(data.test, c.eval_batch_size, shuffle=False),
+        t.augmenter.eval_transform,
+        tta_flip=c.tta_flip,
+        autocast=t.precision.autocast,
+    )
     wall = time.perf_counter() - t.started
-    metrics = {"dataset": data.name, "model": c.model, "profile": c.profile, "num_params": t.signature["num_params"],
-               "trainable_params": t.notes["frozen"]["trainable"], "pretrained": t.notes.get("pretrained"),
-               "trainable": c.trainable, "seed": c.seed, "test_accuracy": test_acc, "test_loss": test_loss,
-               "tta_flip": c.tta_flip, "ema": t.ema is not None,
-               "final_val_accuracy": t.history[-1]["val_accuracy"] if t.history else None,
-               "best_val_accuracy": max((h["val_accuracy"] for h in t.history), default=None),
-               "epochs": len(t.history), "steps": t.steps, "wall_seconds": wall, "resumed_at_epoch": t.resumed_at,
-               "train_seconds": sum(h["epoch_seconds"] for h in t.history),
-               "train_flops": sum(h.get("train_flops", 0.0) for h in t.history),
-               "precision": t.precision.describe(), "compile": t.compiler.describe(),
-               "compilations": t.compiler.compilations, "graph_breaks": t.compiler.graph_breaks,
-               "world_size": t.ctx.world_size, "device": str(t.ctx.device), "environment": environment(),
-               "command": command(), "run_dir": display_path(folder.path), "stages": t.schedule.rows()}
+    metrics = {
+        "dataset": data.name,
+        "model": c.model,
+        "profile": c.profile,
+        "num_params": t.signature["num_params"],
+        "trainable_params": t.notes["frozen"]["trainable"],
+        "pretrained": t.notes.get("pretrained"),
+        "trainable": c.trainable,
+        "seed": c.seed,
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "tta_flip": c.tta_flip,
+        "ema": t.ema is not None,
+        "final_val_accuracy": t.history[-1]["val_accuracy"] if t.history else None,
+        "best_val_accuracy": max((h["val_accuracy"] for h in t.history), default=None),
+        "epochs": len(t.history),
+        "steps": t.steps,
+        "wall_seconds": wall,
+        "resumed_at_epoch": t.resumed_at,
+        "train_seconds": sum(h["epoch_seconds"] for h in t.history),
+        "train_flops": sum(h.get("train_flops", 0.0) for h in t.history),
+        "precision": t.precision.describe(),
+        "compile": t.compiler.describe(),
+        "compilations": t.compiler.compilations,
+        "graph_breaks": t.compiler.graph_breaks,
+        "world_size": t.ctx.world_size,
+        "device": str(t.ctx.device),
+        "environment": environment(),
+        "command": command(),
+        "run_dir": display_path(folder.path),
+        "stages": t.schedule.rows(),
+    }
     if t.ctx.is_main:
         folder.save_torch("model.pt", unwrap(t.eval_model).state_dict())
         folder.write_json("metrics.json", metrics)
-    log(f"test accuracy {test_acc:.2%} (loss {test_loss:.4f}{', flip TTA' if c.tta_flip else ''}) "
-        f"in {wall:.0f}s; outputs in {folder.path}")
+    log(
+        f"test accuracy {test_acc:.2%} (loss {test_loss:.4f}{', flip TTA' if c.tta_flip else ''}) "
+        f"in {wall:.0f}s; outputs in {folder.path}"
+    )
     return metrics
 
 
-def run_or_reuse(config: TrainConfig, parent: str | os.PathLike, *, retrain: bool = False, log=print,
-                 **kwargs) -> dict:
+def run_or_reuse(config: TrainConfig, parent: str | os.PathLike, *, retrain: bool = False, log=print, **kwargs) -> dict:
     """Train into ``parent/<seed>-<settings key>``, unless a finished run of these settings is there.
 
     Notebooks call this, so re-executing them (papermill, slides) neither retrains by accident nor
@@ -654,6 +850,7 @@ def parse_value(text: str):
     """``--set key=value`` values as YAML literals (numbers, booleans, lists, dicts), where
     ``1e-3`` is a number as everyone writes it (YAML 1.1 would read it as text)."""
     import yaml
+
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -671,8 +868,9 @@ def _numbers(value):
     return value
 
 
-def main(argv: list[str] | None = None, *, prog: str = "python -m lib.train", description: str | None = None,
-         run=None) -> int:
+def main(
+    argv: list[str] | None = None, *, prog: str = "python -m lib.train", description: str | None = None, run=None
+) -> int:
     """The command line: settings from arguments, then ``train``, with every refusal in one line.
 
     ``run(config, out)`` replaces training, without ``--resume``/``--overwrite``: ``python -m
@@ -690,25 +888,49 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m lib.train", de
     p.add_argument("--optimizer")
     p.add_argument("--scheduler")
     p.add_argument("--device")
-    p.add_argument("--seed", help="initial weights, validation split, data order and augmentation draws (the test set is fixed)")
-    p.add_argument("--compile", nargs="?", const="auto", metavar="MODE",
-                   help="torch.compile: auto (inductor on CUDA, off on a CPU), inductor, aot_eager, eager or off")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any TrainConfig field, value as YAML (repeatable): --set ema_decay=0.999 sets one "
-                        "whole, --set schedule.dropout=0.3 edits one entry, --set image_size=32 edits the sizes")
+    p.add_argument(
+        "--seed", help="initial weights, validation split, data order and augmentation draws (the test set is fixed)"
+    )
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="auto",
+        metavar="MODE",
+        help="torch.compile: auto (inductor on CUDA, off on a CPU), inductor, aot_eager, eager or off",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any TrainConfig field, value as YAML (repeatable): --set ema_decay=0.999 sets one "
+        "whole, --set schedule.dropout=0.3 edits one entry, --set image_size=32 edits the sizes",
+    )
     if run is None:
         p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace the run in --out (kept until the new one checkpoints)")
+        p.add_argument(
+            "--overwrite", action="store_true", help="replace the run in --out (kept until the new one checkpoints)"
+        )
     args = p.parse_args(argv)
     try:
-        RunFolder(args.out).check_path()          # an empty --out, someone else's folder: before anything loads
-        whole = {k: parse_value(v) if isinstance(v, str) else v
-                 for k, v in {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-                              "lr": args.lr, "optimizer": args.optimizer, "scheduler": args.scheduler,
-                              "device": args.device, "compile": args.compile, "seed": args.seed}.items() if v is not None}
+        RunFolder(args.out).check_path()  # an empty --out, someone else's folder: before anything loads
+        whole = {
+            k: parse_value(v) if isinstance(v, str) else v
+            for k, v in {
+                "model": args.model,
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "optimizer": args.optimizer,
+                "scheduler": args.scheduler,
+                "device": args.device,
+                "compile": args.compile,
+                "seed": args.seed,
+            }.items()
+            if v is not None
+        }
         edits = {}
-        for item in args.set:                 # key=value sets a setting whole; key.sub=value edits one entry
+        for item in args.set:  # key=value sets a setting whole; key.sub=value edits one entry
             key, sep, value = item.partition("=")
             path = [part.strip() for part in key.split(".")]
             if not sep or not all(path):

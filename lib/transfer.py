@@ -8,6 +8,7 @@
 Training with them is a setting of the one trainer (``TrainConfig.pretrained``, ``trainable``,
 ``preprocessing``); why each of the three matters is notebook 06's story.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,20 +46,22 @@ class WeightsUnavailable(RuntimeError):
 
 # ---------------------------------------------------------------- weights
 
+
 def weights_enum(model_name: str, weights: str = "DEFAULT"):
     """torchvision's weights entry for one of our model names (``weights``: DEFAULT, IMAGENET1K_V1, ...)."""
     from torchvision.models import get_weight
+
     if model_name not in WEIGHTS:
         raise ValueError(f"no pretrained weights known for {model_name!r}; choose one of {', '.join(WEIGHTS)}")
     try:
         return get_weight(f"{WEIGHTS[model_name]}.{weights}")
     except (ValueError, KeyError, AttributeError):
-        raise ValueError(f"unknown weights {weights!r} for {model_name}: see torchvision.models."
-                         f"{WEIGHTS[model_name]}") from None
+        raise ValueError(
+            f"unknown weights {weights!r} for {model_name}: see torchvision.models.{WEIGHTS[model_name]}"
+        ) from None
 
 
-def weights_path(model_name: str, cache_dir: str | os.PathLike | None = None,
-                 weights: str = "DEFAULT") -> Path:
+def weights_path(model_name: str, cache_dir: str | os.PathLike | None = None, weights: str = "DEFAULT") -> Path:
     """Where torchvision keeps (and looks for) the file: ``<torch.hub.get_dir()>/checkpoints/<name>.pth``."""
     folder = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
     return folder / os.path.basename(urlparse(weights_enum(model_name, weights).url).path)
@@ -80,9 +83,15 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def pretrained_state_dict(model_name: str, cache_dir: str | os.PathLike | None = None, *,
-                          weights: str = "DEFAULT", download: bool = True, progress: bool = True,
-                          timeout: float | None = 30.0) -> dict[str, torch.Tensor]:
+def pretrained_state_dict(
+    model_name: str,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    weights: str = "DEFAULT",
+    download: bool = True,
+    progress: bool = True,
+    timeout: float | None = 30.0,
+) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet state_dict for ``model_name`` (our name, e.g. ``efficientnetv2_s``).
 
     Looks in torch's hub cache first (``weights_path``: a copied-in file works offline), then
@@ -93,26 +102,33 @@ def pretrained_state_dict(model_name: str, cache_dir: str | os.PathLike | None =
     path = weights_path(model_name, cache_dir, weights)
     size = entry.meta.get("_file_size")
     name = f"{path.name}{f' ({size:.0f} MB)' if size else ''}"
-    how = (f"copy {entry.url} into {path.parent} (torch.hub.get_dir()/checkpoints; TORCH_HOME moves it), "
-           f"or run with internet once")
+    how = (
+        f"copy {entry.url} into {path.parent} (torch.hub.get_dir()/checkpoints; TORCH_HOME moves it), "
+        f"or run with internet once"
+    )
     if path.is_file():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated copy, wrong file, ...
             raise WeightsUnavailable(f"{path} cannot be loaded ({_one_line(e)}): delete it, then {how}") from None
     if not download:
-        raise WeightsUnavailable(f"no pretrained weights for {model_name}: {name} is not in {path.parent} "
-                                 f"and downloads are off; {how}")
+        raise WeightsUnavailable(
+            f"no pretrained weights for {model_name}: {name} is not in {path.parent} and downloads are off; {how}"
+        )
     try:
         with _socket_timeout(timeout):
-            return entry.get_state_dict(model_dir=str(path.parent), progress=progress, check_hash=True,
-                                        map_location="cpu", weights_only=True)
+            return entry.get_state_dict(
+                model_dir=str(path.parent), progress=progress, check_hash=True, map_location="cpu", weights_only=True
+            )
     except Exception as e:  # no network comes as URLError, socket.timeout, HTTPError, OSError, ...
-        raise WeightsUnavailable(f"no pretrained weights for {model_name}: {name} is not in {path.parent} "
-                                 f"and the download failed ({_one_line(e)}); {how}") from None
+        raise WeightsUnavailable(
+            f"no pretrained weights for {model_name}: {name} is not in {path.parent} "
+            f"and the download failed ({_one_line(e)}); {how}"
+        ) from None
 
 
 # ---------------------------------------------------------------- preprocessing
+
 
 @dataclass
 class PretrainedTransforms:
@@ -124,10 +140,11 @@ class PretrainedTransforms:
     weights' interpolation (antialiased when shrinking), repeats grey images to 3 channels and
     normalizes with the weights' mean/std. Use the same call for training and evaluation.
     """
+
     weights: str
     resize_size: int
     crop_size: int
-    interpolation: str          # "bilinear" or "bicubic"
+    interpolation: str  # "bilinear" or "bicubic"
     mean: tuple[float, ...]
     std: tuple[float, ...]
     antialias: bool = True
@@ -145,26 +162,42 @@ class PretrainedTransforms:
             x = resize(x, size)
         else:
             shrinking = size < x.shape[-2] or size < x.shape[-1]
-            x = F.interpolate(x, size=(size, size), mode=self.interpolation, align_corners=False,
-                              antialias=shrinking and self.antialias).clamp_(0, 255)
-        if x.device not in self._cache:       # mean/std tensors built once per device (no per-batch copy)
+            x = F.interpolate(
+                x,
+                size=(size, size),
+                mode=self.interpolation,
+                align_corners=False,
+                antialias=shrinking and self.antialias,
+            ).clamp_(0, 255)
+        if x.device not in self._cache:  # mean/std tensors built once per device (no per-batch copy)
             self._cache[x.device] = (torch.tensor(self.mean, device=x.device), torch.tensor(self.std, device=x.device))
         return normalize(x, *self._cache[x.device])
 
     def values(self) -> dict:
-        return {"weights": self.weights, "resize_size": self.resize_size, "crop_size": self.crop_size,
-                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
-                "antialias": self.antialias}
+        return {
+            "weights": self.weights,
+            "resize_size": self.resize_size,
+            "crop_size": self.crop_size,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "antialias": self.antialias,
+        }
 
 
 def pretrained_transforms(model_name: str, weights: str = "DEFAULT") -> PretrainedTransforms:
     """The preprocessing of torchvision's weights for ``model_name`` (no download needed)."""
     entry = weights_enum(model_name, weights)
     t = entry.transforms()
-    return PretrainedTransforms(weights=f"{type(entry).__name__}.{entry.name}",
-                                resize_size=int(t.resize_size[0]), crop_size=int(t.crop_size[0]),
-                                interpolation=t.interpolation.value, mean=tuple(t.mean), std=tuple(t.std),
-                                antialias=bool(t.antialias))
+    return PretrainedTransforms(
+        weights=f"{type(entry).__name__}.{entry.name}",
+        resize_size=int(t.resize_size[0]),
+        crop_size=int(t.crop_size[0]),
+        interpolation=t.interpolation.value,
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+        antialias=bool(t.antialias),
+    )
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -172,8 +205,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # ---------------------------------------------------------------- building and freezing
 
-def build_pretrained(model_name: str, num_classes: int, state_dict: Mapping[str, torch.Tensor] | str | os.PathLike,
-                     **overrides) -> nn.Module:
+
+def build_pretrained(
+    model_name: str, num_classes: int, state_dict: Mapping[str, torch.Tensor] | str | os.PathLike, **overrides
+) -> nn.Module:
     """Our ``model_name`` with torchvision's weights; a fresh ``num_classes`` head unless it is 1000.
 
     ``state_dict``: a torchvision state_dict (``pretrained_state_dict``) or the path of a saved
@@ -220,8 +255,14 @@ class FrozenDropout(_PinnedEval, nn.Dropout):
 
 
 # Swapping a module's class keeps its parameters, buffers and state_dict keys: only train() changes.
-_PINNED = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d, nn.BatchNorm3d: FrozenBatchNorm3d,
-           nn.SyncBatchNorm: FrozenSyncBatchNorm, DropPath: FrozenDropPath, nn.Dropout: FrozenDropout}
+_PINNED = {
+    nn.BatchNorm1d: FrozenBatchNorm1d,
+    nn.BatchNorm2d: FrozenBatchNorm2d,
+    nn.BatchNorm3d: FrozenBatchNorm3d,
+    nn.SyncBatchNorm: FrozenSyncBatchNorm,
+    DropPath: FrozenDropPath,
+    nn.Dropout: FrozenDropout,
+}
 _UNPINNED = {pinned: plain for plain, pinned in _PINNED.items()}
 
 
@@ -294,17 +335,20 @@ def freeze_backbone(model: nn.Module, trainable: str = "head", *, bn_eval: bool 
                     p.requires_grad_(False)
     for p in classifier.parameters():
         p.requires_grad_(True)
-    model.train(model.training)     # refresh the modes of swapped modules
-    frozen_bn = sum(isinstance(m, _PinnedEval) and isinstance(m, nn.modules.batchnorm._BatchNorm)
-                    for m in model.modules())
-    return {"trainable": count_parameters(model, trainable_only=True), "total": count_parameters(model),
-            "frozen_bn": frozen_bn}
+    model.train(model.training)  # refresh the modes of swapped modules
+    frozen_bn = sum(
+        isinstance(m, _PinnedEval) and isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
+    return {
+        "trainable": count_parameters(model, trainable_only=True),
+        "total": count_parameters(model),
+        "frozen_bn": frozen_bn,
+    }
 
 
 def batchnorm_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every BatchNorm running mean/var (to measure how far they drift)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if k.endswith(("running_mean", "running_var"))}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
 
 
 def batchnorm_drift(before: Mapping[str, torch.Tensor], model: nn.Module) -> float:
@@ -316,12 +360,14 @@ def batchnorm_drift(before: Mapping[str, torch.Tensor], model: nn.Module) -> flo
 def torchvision_model(model_name: str, **kwargs) -> nn.Module:
     """torchvision's network for one of our names (``weights=None``: random init, no download)."""
     import torchvision
+
     if model_name not in WEIGHTS:
         raise ValueError(f"no torchvision counterpart known for {model_name!r}; choose one of {', '.join(WEIGHTS)}")
     return getattr(torchvision.models, model_name.replace("efficientnetv2_", "efficientnet_v2_"))(**kwargs)
 
 
 # ---------------------------------------------------------------- one entry point for the trainer
+
 
 def is_weights_name(source: str) -> bool:
     """True for a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``, ...), False for a path."""
@@ -341,8 +387,10 @@ def load_pretrained(model: nn.Module, source: str, *, download: bool = True, pro
         state = pretrained_state_dict(model.name, weights=source, download=download, progress=progress)
         skip = model.num_classes != IMAGENET_CLASSES
         if getattr(model, "in_channels", 3) != 3:
-            raise ValueError(f"ImageNet weights need 3-channel input, but the model was built for "
-                             f"{model.in_channels}; use preprocessing 'weights' (repeats grey images)")
+            raise ValueError(
+                f"ImageNet weights need 3-channel input, but the model was built for "
+                f"{model.in_channels}; use preprocessing 'weights' (repeats grey images)"
+            )
         load_torchvision_weights(model, state, skip_classifier=skip)
         return f"{weights_enum(model.name, source).__class__.__name__}.{weights_enum(model.name, source).name}"
     path = own_weights_file(source)
@@ -350,7 +398,7 @@ def load_pretrained(model: nn.Module, source: str, *, download: bool = True, pro
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated, empty, not a torch file
         raise ValueError(f"pretrained {path} cannot be loaded ({_one_line(e)})") from None
-    if isinstance(saved, dict) and "model" in saved and "optimizer" in saved:    # a checkpoint of ours
+    if isinstance(saved, dict) and "model" in saved and "optimizer" in saved:  # a checkpoint of ours
         saved = saved["model"]
     load_matching(model, saved, str(path))
     return str(path)
@@ -363,8 +411,10 @@ def own_weights_file(source: str | os.PathLike) -> Path:
         candidates = [path / "model.pt", *sorted((path / "checkpoints").glob("epoch_*.pt"), reverse=True)]
         path = next((c for c in candidates if c.is_file()), path / "model.pt")
     if not path.is_file():
-        raise ValueError(f"pretrained {source!r} is neither a torchvision weights name (DEFAULT, "
-                         f"IMAGENET1K_V1, ...) nor a file or run folder of ours")
+        raise ValueError(
+            f"pretrained {source!r} is neither a torchvision weights name (DEFAULT, "
+            f"IMAGENET1K_V1, ...) nor a file or run folder of ours"
+        )
     return path
 
 
@@ -376,14 +426,31 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], source: s
     wrong = [k for k in ours if k in state and state[k].shape != ours[k].shape and k not in head]
     if missing or wrong:
         first = (missing or wrong)[0]
-        raise ValueError(f"pretrained {source} does not fit this model: {len(missing)} tensors missing, "
-                         f"{len(wrong)} of another shape (first: {first}); build the same architecture")
+        raise ValueError(
+            f"pretrained {source} does not fit this model: {len(missing)} tensors missing, "
+            f"{len(wrong)} of another shape (first: {first}); build the same architecture"
+        )
     model.load_state_dict({k: (state[k] if state[k].shape == v.shape else v) for k, v in ours.items()})
 
 
 __all__ = [
-    "WEIGHTS", "WeightsUnavailable", "weights_enum", "weights_path", "pretrained_state_dict",
-    "PretrainedTransforms", "pretrained_transforms", "IMAGENET_MEAN", "IMAGENET_STD",
-    "build_pretrained", "freeze_backbone", "parse_trainable", "network_parts", "batchnorm_state",
-    "batchnorm_drift", "torchvision_model", "load_pretrained", "is_weights_name", "own_weights_file",
+    "WEIGHTS",
+    "WeightsUnavailable",
+    "weights_enum",
+    "weights_path",
+    "pretrained_state_dict",
+    "PretrainedTransforms",
+    "pretrained_transforms",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "build_pretrained",
+    "freeze_backbone",
+    "parse_trainable",
+    "network_parts",
+    "batchnorm_state",
+    "batchnorm_drift",
+    "torchvision_model",
+    "load_pretrained",
+    "is_weights_name",
+    "own_weights_file",
 ]

@@ -9,6 +9,7 @@ and trains nothing. This script trains them through the same ``lib.studies.run_a
 under ``--runs`` are reused) and copies each finished run there without weights or checkpoints:
 config, per-epoch metrics, ``metrics.json``. Not imported by any notebook.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -33,6 +33,7 @@ first tagged cell; any other tagged cell (a figure, a sentence) joins the slide 
 always hidden, and a notebook without tagged cells contributes nothing. ``untitled_figure_slides``
 lists the slides that show a figure without a heading to say what it shows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,20 @@ ASSETS = [
     ("requirejs", "require.js", "requirejs/require.js"),
     ("jquery", "dist/jquery.min.js", "jquery/jquery.min.js"),
     ("jquery", "LICENSE.txt", "jquery/LICENSE.txt"),
-    *[("mathjax", p, f"mathjax/{p}") for p in (
-        "MathJax.js", "LICENSE", "config/TeX-AMS_CHTML-full.js", "config/Safe.js", "extensions",
-        "jax/input/TeX", "jax/element/mml", "jax/output/CommonHTML", "fonts/HTML-CSS/TeX/woff")],
+    *[
+        ("mathjax", p, f"mathjax/{p}")
+        for p in (
+            "MathJax.js",
+            "LICENSE",
+            "config/TeX-AMS_CHTML-full.js",
+            "config/Safe.js",
+            "extensions",
+            "jax/input/TeX",
+            "jax/element/mml",
+            "jax/output/CommonHTML",
+            "fonts/HTML-CSS/TeX/woff",
+        )
+    ],
 ]
 MATHJAX_IGNORE = shutil.ignore_patterns("a11y", "MathML", "HTML-CSS")  # extensions not loaded by CHTML
 
@@ -85,11 +97,15 @@ OFFLINE_TEMPLATE = """{%- extends 'reveal/index.html.j2' -%}
 
 TALK_TAG = "talk"
 TALK_TITLE = "EfficientNetV2, notebook-first"
-TALK_SUBTITLE = "Tan & Le (2021), reproduced notebook by notebook: data, baselines, architecture, " \
-                "progressive learning, ablations, transfer, results"
+TALK_SUBTITLE = (
+    "Tan & Le (2021), reproduced notebook by notebook: data, baselines, architecture, "
+    "progressive learning, ablations, transfer, results"
+)
 
-NPM_HINT = ("npm not found: `make slides` fetches reveal.js, require.js, jQuery and MathJax from the "
-            "npm registry once; install Node.js and npm (Debian: `apt-get install npm`)")
+NPM_HINT = (
+    "npm not found: `make slides` fetches reveal.js, require.js, jQuery and MathJax from the "
+    "npm registry once; install Node.js and npm (Debian: `apt-get install npm`)"
+)
 
 
 def vendor_ready(cache: Path = VENDOR_CACHE) -> bool:
@@ -110,8 +126,21 @@ def fetch_vendor(cache: Path = VENDOR_CACHE) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         specs = [f"{name}@{version}" for name, version in PACKAGES.items()]
         print(f"fetching {' '.join(specs)} into {cache}/ (once)", flush=True)
-        subprocess.run([npm, "install", "--prefix", str(cache), "--no-save", "--no-package-lock",
-                        "--no-audit", "--no-fund", "--loglevel=error", *specs], check=True)
+        subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(cache),
+                "--no-save",
+                "--no-package-lock",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                *specs,
+            ],
+            check=True,
+        )
         if not vendor_ready(cache):
             raise SystemExit(f"npm install into {cache} did not produce {', '.join(specs)}")
     return cache / "node_modules"
@@ -185,12 +214,15 @@ def _exporter(code: bool):
     for trait, url in URLS.items():
         exporter_config[trait] = url
     exporter_config.reveal_theme = THEME
-    exporter_config.reveal_scroll = True          # a slide taller than the screen scrolls
-    exporter_config.exclude_input = not code      # nbconvert --no-input
-    exporter_config.exclude_input_prompt = True   # and --no-prompt
+    exporter_config.reveal_scroll = True  # a slide taller than the screen scrolls
+    exporter_config.exclude_input = not code  # nbconvert --no-input
+    exporter_config.exclude_input_prompt = True  # and --no-prompt
     exporter_config.exclude_output_prompt = True
-    return SlidesExporter(config=config, template_file="offline_reveal.html.j2",
-                          extra_loaders=[DictLoader({"offline_reveal.html.j2": OFFLINE_TEMPLATE})])
+    return SlidesExporter(
+        config=config,
+        template_file="offline_reveal.html.j2",
+        extra_loaders=[DictLoader({"offline_reveal.html.j2": OFFLINE_TEMPLATE})],
+    )
 
 
 def _write_deck(exporter, nb, name: str, title: str, out_dir: Path) -> Path:
@@ -198,8 +230,10 @@ def _write_deck(exporter, nb, name: str, title: str, out_dir: Path) -> Path:
     html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     remote = remote_urls(html)
     if remote:
-        raise SystemExit(f"{name}: the deck would load {', '.join(sorted(set(remote)))} "
-                         f"from the network; scripts/slides.py must vendor it")
+        raise SystemExit(
+            f"{name}: the deck would load {', '.join(sorted(set(remote)))} "
+            f"from the network; scripts/slides.py must vendor it"
+        )
     missing = [u for u in loaded_urls(html) if u.startswith("vendor/") and not (out_dir / u.split("?")[0]).is_file()]
     if missing:
         raise SystemExit(f"{name}: the deck loads {', '.join(missing)}, missing from {out_dir / 'vendor'}")
@@ -236,12 +270,16 @@ def talk_notebook(notebooks: list[Path]):
             starts = n == 0 or (cell.cell_type == "markdown" and cell.source.lstrip().startswith("#"))
             cell.metadata["slideshow"] = {"slide_type": "slide" if starts else "-"}
             cell.metadata["talk"] = {"from": f"{path.name} cell {i}"}
-            cell.id = f"talk-{len(cells) + 1}"      # unique across notebooks (nbformat 4.5 requires it)
+            cell.id = f"talk-{len(cells) + 1}"  # unique across notebooks (nbformat 4.5 requires it)
             cells.append(cell)
-    run = ", ".join(part for part in (parameters.get("dataset"),
-                                      parameters.get("profile") and f"profile `{parameters['profile']}`") if part)
-    title = new_markdown_cell(f"# {TALK_TITLE}\n\n{TALK_SUBTITLE}\n\n{run}".rstrip(),
-                              metadata={"slideshow": {"slide_type": "slide"}})
+    run = ", ".join(
+        part
+        for part in (parameters.get("dataset"), parameters.get("profile") and f"profile `{parameters['profile']}`")
+        if part
+    )
+    title = new_markdown_cell(
+        f"# {TALK_TITLE}\n\n{TALK_SUBTITLE}\n\n{run}".rstrip(), metadata={"slideshow": {"slide_type": "slide"}}
+    )
     return new_notebook(cells=[title, *cells], metadata=metadata)
 
 
@@ -250,7 +288,7 @@ def untitled_figure_slides(nb) -> list[str]:
 
     Works on the talk (``talk_notebook``) and on any notebook with ``slideshow`` metadata; each entry
     names the slide (0 is the first) and the cell the figure came from."""
-    slides = []                                   # [figure origin or None, has a heading]
+    slides = []  # [figure origin or None, has a heading]
     for i, cell in enumerate(nb.cells):
         kind = cell.metadata.get("slideshow", {}).get("slide_type", "-")
         if kind in ("skip", "notes"):
@@ -278,34 +316,48 @@ def export(src_dir: Path, out_dir: Path, code: bool = False, cache: Path = VENDO
     for notebook in notebooks:
         nb = nbformat.read(notebook, as_version=4)
         if not any(_has_figure(cell) for cell in nb.cells):
-            print(f"warning: {notebook} has no figure outputs, so its deck has no figures. A figure is in "
-                  f"the notebook only if the kernel displayed it: run papermill without MPLBACKEND=Agg "
-                  f"(the kernel's default inline backend embeds PNGs)", file=sys.stderr)
+            print(
+                f"warning: {notebook} has no figure outputs, so its deck has no figures. A figure is in "
+                f"the notebook only if the kernel displayed it: run papermill without MPLBACKEND=Agg "
+                f"(the kernel's default inline backend embeds PNGs)",
+                file=sys.stderr,
+            )
         decks.append(_write_deck(exporter, nb, notebook.stem, notebook.stem, out_dir))
         print(f"{notebook} -> {decks[-1]}")
 
     talk = talk_notebook(notebooks)
     if len(talk.cells) == 1:
-        print(f"warning: no cell in {src_dir}/ is tagged {TALK_TAG!r}, so the talk is its title slide only",
-              file=sys.stderr)
-    talk_exporter = _exporter(code=False) if code else exporter     # the talk never shows code
+        print(
+            f"warning: no cell in {src_dir}/ is tagged {TALK_TAG!r}, so the talk is its title slide only",
+            file=sys.stderr,
+        )
+    talk_exporter = _exporter(code=False) if code else exporter  # the talk never shows code
     decks.append(_write_deck(talk_exporter, talk, "talk", TALK_TITLE, out_dir))
     print(f"the cells tagged {TALK_TAG!r} -> {decks[-1]}")
     return decks
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python scripts/slides.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python scripts/slides.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("src_dir", type=Path, help="folder of executed notebooks (NN_name.ipynb)")
     parser.add_argument("out_dir", type=Path, help="where the decks and vendor/ go")
     parser.add_argument("--code", action="store_true", help="keep the code cells' input (hidden by default)")
-    parser.add_argument("--vendor-cache", type=Path, default=VENDOR_CACHE,
-                        help=f"where npm installs the pinned packages once (default {VENDOR_CACHE})")
+    parser.add_argument(
+        "--vendor-cache",
+        type=Path,
+        default=VENDOR_CACHE,
+        help=f"where npm installs the pinned packages once (default {VENDOR_CACHE})",
+    )
     args = parser.parse_args(argv)
     decks = export(args.src_dir, args.out_dir, code=args.code, cache=args.vendor_cache)
-    print(f"{len(decks) - 1} deck(s) and the talk in {args.out_dir}/ (open offline; the folder, with vendor/, "
-          f"is self-contained)")
+    print(
+        f"{len(decks) - 1} deck(s) and the talk in {args.out_dir}/ (open offline; the folder, with vendor/, "
+        f"is self-contained)"
+    )
     return 0
 
 

@@ -10,7 +10,7 @@ from lib.data import FASHION_MNIST_HINT, fashion_mnist_available
 from lib.runs import REPO_ROOT
 
 NOTEBOOK_01 = REPO_ROOT / "notebooks" / "01_data_exploration.ipynb"
-ON_DEVICE = "on_device"      # the marker of tests that take ``device``: what benchmarks/gpu_check.py runs on CUDA
+ON_DEVICE = "on_device"  # the marker of tests that take ``device``: what benchmarks/gpu_check.py runs on CUDA
 
 
 def pytest_configure(config):
@@ -55,9 +55,29 @@ def executed_01(tmp_path_factory, fashion_mnist_root):
     env.pop("MPLBACKEND", None)  # MPLBACKEND=Agg would stop the kernel from embedding figures
     out = tmp / "notebooks" / NOTEBOOK_01.name
     out.parent.mkdir()
-    run = subprocess.run([sys.executable, "-m", "papermill", "-k", "python3", "--execution-timeout", "300",
-                          "-p", "profile", "smoke", "-p", "figures_dir", str(tmp / "figures"),
-                          str(NOTEBOOK_01), str(out)],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            "-k",
+            "python3",
+            "--execution-timeout",
+            "300",
+            "-p",
+            "profile",
+            "smoke",
+            "-p",
+            "figures_dir",
+            str(tmp / "figures"),
+            str(NOTEBOOK_01),
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, f"papermill failed on {NOTEBOOK_01.name}:\n{run.stderr[-3000:]}"
     return out

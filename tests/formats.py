@@ -3,6 +3,7 @@
 They exercise the loading code exactly as real files would; their pixels are random, so nothing
 trained on them is ever reported as a result.
 """
+
 import gzip
 import pickle
 import pickletools
@@ -50,6 +51,7 @@ def python2_pickle(obj) -> bytes:
         elif isinstance(value, list):
             for v in value:
                 collect(v)
+
     collect(obj)
     data, out, last = pickle.dumps(obj, protocol=2), bytearray(), 0
     for op, arg, pos in pickletools.genops(data):
@@ -61,9 +63,12 @@ def python2_pickle(obj) -> bytes:
 
 
 def _cifar_batch(rng, name, per_batch, label_key, num_classes):
-    return {"batch_label": name, label_key: [i % num_classes for i in range(per_batch)],
-            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-            "filenames": [f"{i}.png" for i in range(per_batch)]}
+    return {
+        "batch_label": name,
+        label_key: [i % num_classes for i in range(per_batch)],
+        "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+        "filenames": [f"{i}.png" for i in range(per_batch)],
+    }
 
 
 def make_cifar10(root, per_batch=20):
@@ -86,8 +91,10 @@ def make_cifar100(root, per_split=300):
         batch = _cifar_batch(rng, name, per_split, "fine_labels", 100)
         batch["coarse_labels"] = [label // 5 for label in batch["fine_labels"]]
         (folder / name).write_bytes(python2_pickle(batch))
-    meta = {"fine_label_names": [f"class_{i:02d}" for i in range(100)],
-            "coarse_label_names": [f"group_{i:02d}" for i in range(20)]}
+    meta = {
+        "fine_label_names": [f"class_{i:02d}" for i in range(100)],
+        "coarse_label_names": [f"group_{i:02d}" for i in range(20)],
+    }
     (folder / "meta").write_bytes(python2_pickle(meta))
     return folder
 

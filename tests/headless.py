@@ -7,6 +7,7 @@ workspaces in a temporary folder, nothing read from ~/.jupyter) with a copy of E
 its only file, opens it in headless Chromium, saves a screenshot of what a person would see and
 stops the server. ``tests/test_jupyterlab.py`` uses the same pieces and asserts on the page.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,16 @@ from PIL import Image
 
 # The flags tests/test_slides.py has always used: no GPU, no sandbox (root in CI), nothing that
 # phones home, and a fresh profile per call.
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CHROMIUM_HINT = "chromium not found (Debian: apt-get install chromium): the rendering tests need it"
 
 
@@ -38,8 +47,15 @@ def chromium() -> str | None:
     return shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
 
 
-def chrome(url: str, profile: Path, *args: str, size=(1280, 800), budget_ms: int = 5000,
-           offline: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+def chrome(
+    url: str,
+    profile: Path,
+    *args: str,
+    size=(1280, 800),
+    budget_ms: int = 5000,
+    offline: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
     """One headless Chromium call (``--dump-dom`` and/or ``--screenshot=PATH`` in ``args``).
 
     ``budget_ms`` of virtual time lets client-side rendering finish before the dump; ``offline``
@@ -47,8 +63,15 @@ def chrome(url: str, profile: Path, *args: str, size=(1280, 800), budget_ms: int
     binary = chromium()
     if binary is None:
         raise RuntimeError(CHROMIUM_HINT)
-    command = [binary, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-               f"--virtual-time-budget={budget_ms}", *args, url]
+    command = [
+        binary,
+        *CHROME_FLAGS,
+        f"--user-data-dir={profile}",
+        f"--window-size={size[0]},{size[1]}",
+        f"--virtual-time-budget={budget_ms}",
+        *args,
+        url,
+    ]
     if offline:
         command.insert(1, "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
     return subprocess.run(command, check=True, capture_output=True, text=True, timeout=timeout)
@@ -77,8 +100,9 @@ class Lab:
         return f"http://127.0.0.1:{self.port}/lab/tree/{path}?token={self.token}"
 
     def api(self, path: str, timeout: float = 5) -> bytes:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/{path}",
-                                         headers={"Authorization": f"token {self.token}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api/{path}", headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
 
@@ -96,18 +120,38 @@ def jupyterlab(root: Path, state: Path, start_timeout: float = 60):
     news = state / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True, exist_ok=True)
     news.write_text('{"fetchNews": "false"}')  # no "get Jupyter news?" toast over the notebook
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(state / "config"), "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
-           "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(state / "config"),
+        "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
+        "TQDM_DISABLE": "1",
+    }
     env.pop("MPLBACKEND", None)
     log = state / "jupyterlab.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-             f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={state / 'settings'}",
-             f"--LabApp.workspaces_dir={state / 'workspaces'}", "--LabApp.news_url=None",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-            cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--allow-root",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                f"--LabApp.user_settings_dir={state / 'settings'}",
+                f"--LabApp.workspaces_dir={state / 'workspaces'}",
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            ],
+            cwd=root,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     lab = Lab(process, port, token, log)
     try:
         deadline = time.monotonic() + start_timeout
@@ -119,8 +163,10 @@ def jupyterlab(root: Path, state: Path, start_timeout: float = 60):
                 break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not answer on port {port} within {start_timeout:.0f} s:\n"
-                                       f"{log.read_text()[-3000:]}")
+                    raise RuntimeError(
+                        f"JupyterLab did not answer on port {port} within {start_timeout:.0f} s:\n"
+                        f"{log.read_text()[-3000:]}"
+                    )
                 time.sleep(0.5)
         yield lab
     finally:
@@ -146,8 +192,14 @@ def screenshot_notebook(notebook: Path, out: Path, size=(1400, 900), budget_ms: 
         shutil.copy2(notebook, root / notebook.name)
         with jupyterlab(root, Path(tmp) / "state") as lab:
             out.parent.mkdir(parents=True, exist_ok=True)
-            return chrome(lab.url(notebook.name), Path(tmp) / "chromium", "--dump-dom", f"--screenshot={out}",
-                          size=size, budget_ms=budget_ms).stdout
+            return chrome(
+                lab.url(notebook.name),
+                Path(tmp) / "chromium",
+                "--dump-dom",
+                f"--screenshot={out}",
+                size=size,
+                budget_ms=budget_ms,
+            ).stdout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,23 @@ from torchvision.transforms import InterpolationMode, RandAugment as Torchvision
 from torchvision.transforms.v2 import functional as TF2
 
 from lib.augment import (
-    GEOMETRIC_OPS, OP_NAMES, SIGNED_OPS, BatchAugmenter, RandAugment, apply_op, cutmix,
-    draw_mixup_params, mixup, normalize, op_strength, random_crop_flip, random_erasing, random_resized_crop,
-    random_window, resize, sample_beta,
+    GEOMETRIC_OPS,
+    OP_NAMES,
+    SIGNED_OPS,
+    BatchAugmenter,
+    RandAugment,
+    apply_op,
+    cutmix,
+    draw_mixup_params,
+    mixup,
+    normalize,
+    op_strength,
+    random_crop_flip,
+    random_erasing,
+    random_resized_crop,
+    random_window,
+    resize,
+    sample_beta,
 )
 
 
@@ -45,11 +59,9 @@ def torchvision_op(image, name, value, fill):
     if name == "Identity":
         return image
     if name == "ShearX":
-        return TF.affine(image, 0.0, [0, 0], 1.0, [math.degrees(math.atan(value)), 0.0],
-                         nearest, fill, center=[0, 0])
+        return TF.affine(image, 0.0, [0, 0], 1.0, [math.degrees(math.atan(value)), 0.0], nearest, fill, center=[0, 0])
     if name == "ShearY":
-        return TF.affine(image, 0.0, [0, 0], 1.0, [0.0, math.degrees(math.atan(value))],
-                         nearest, fill, center=[0, 0])
+        return TF.affine(image, 0.0, [0, 0], 1.0, [0.0, math.degrees(math.atan(value))], nearest, fill, center=[0, 0])
     if name == "TranslateX":
         return TF.affine(image, 0.0, [int(value), 0], 1.0, [0.0, 0.0], nearest, fill)
     if name == "TranslateY":
@@ -101,10 +113,14 @@ def test_each_op_matches_torchvision(name, magnitude, channels):
     for fill in (0, 37):
         ours = apply_op(images, name, magnitude, signs, fill=fill)
         strength = op_strength(name, magnitude, 31, images.shape[-2:])
-        expected = torch.stack([
-            torchvision_op(image, name, strength * float(sign) if name in SIGNED_OPS else strength,
-                           [float(fill)] * channels)
-            for image, sign in zip(images, signs)])
+        expected = torch.stack(
+            [
+                torchvision_op(
+                    image, name, strength * float(sign) if name in SIGNED_OPS else strength, [float(fill)] * channels
+                )
+                for image, sign in zip(images, signs)
+            ]
+        )
         difference = (ours.int() - expected.int()).abs()
         assert ours.dtype == torch.uint8 and ours.shape == images.shape
         if name in GEOMETRIC_OPS:
@@ -130,8 +146,8 @@ def test_per_sample_op_ids_apply_each_sample_its_own_op():
     signs = torch.tensor([1.0, -1.0] * 7)
     mixed = apply_op(images, op_ids, 15, signs)
     for index, name in enumerate(OP_NAMES):
-        alone = apply_op(images[index:index + 1], name, 15, signs[index:index + 1])
-        assert torch.equal(mixed[index:index + 1], alone), name
+        alone = apply_op(images[index : index + 1], name, 15, signs[index : index + 1])
+        assert torch.equal(mixed[index : index + 1], alone), name
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -211,8 +227,11 @@ def test_random_crop_flip_matches_a_shifted_padded_window():
         padded = F.pad(images.float(), [padding] * 4, mode=pad_mode).to(torch.uint8)
         flips_seen = 0
         for image, result in zip(padded, out):
-            windows = [image[:, top:top + 12, left:left + 12]
-                       for top in range(2 * padding + 1) for left in range(2 * padding + 1)]
+            windows = [
+                image[:, top : top + 12, left : left + 12]
+                for top in range(2 * padding + 1)
+                for left in range(2 * padding + 1)
+            ]
             plain = any(torch.equal(result, window) for window in windows)
             mirrored = any(torch.equal(result, window.flip(-1)) for window in windows)
             assert plain or mirrored
@@ -229,25 +248,25 @@ def test_random_crop_flip_options():
     no_flip = random_crop_flip(images, 3, torch.Generator().manual_seed(1), flip=False)
     padded = F.pad(images, [3] * 4)
     for image, result in zip(padded, no_flip):
-        assert any(torch.equal(result, image[:, t:t + 10, l:l + 10]) for t in range(7) for l in range(7))
+        assert any(torch.equal(result, image[:, t : t + 10, left : left + 10]) for t in range(7) for left in range(7))
 
 
 def test_random_erasing_sets_one_rectangle_of_the_drawn_size_to_zero():
-    images = torch.randint(1, 256, (2000, 1, 28, 28), dtype=torch.uint8)     # no zeros before erasing
+    images = torch.randint(1, 256, (2000, 1, 28, 28), dtype=torch.uint8)  # no zeros before erasing
     assert random_erasing(images, 0.0) is images
     erased = random_erasing(images, 0.5, torch.Generator().manual_seed(3))
     assert erased.dtype == torch.uint8 and erased.shape == images.shape
     zero = erased[:, 0] == 0
     hit = zero.flatten(1).any(1)
-    assert 0.45 < hit.float().mean() < 0.55                                  # the probability
-    assert torch.equal(erased[~hit], images[~hit])                            # untouched images
+    assert 0.45 < hit.float().mean() < 0.55  # the probability
+    assert torch.equal(erased[~hit], images[~hit])  # untouched images
     for image, original, mask in zip(erased[hit], images[hit], zero[hit]):
         rows, columns = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
         # one rectangle: the bounding box is all zeros, and nothing else changed
-        assert mask[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1].all()
+        assert mask[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1].all()
         assert torch.equal(image[0][~mask], original[0][~mask])
     areas = zero[hit].flatten(1).sum(1).float() / (28 * 28)
-    assert areas.min() >= 0.01 and areas.max() <= 0.36 and 0.12 < areas.mean() < 0.2     # scale (0.02, 0.33)
+    assert areas.min() >= 0.01 and areas.max() <= 0.36 and 0.12 < areas.mean() < 0.2  # scale (0.02, 0.33)
     again = random_erasing(images, 0.5, torch.Generator().manual_seed(3))
     assert torch.equal(erased, again)
 
@@ -318,8 +337,9 @@ def test_cutmix_targets_follow_the_pasted_area():
 def test_batch_augmenter_pipeline_and_stage_attributes():
     images = textured_images(32, 1, 28, 28)
     labels = torch.randint(0, 10, (32,))
-    augmenter = BatchAugmenter(num_classes=10, image_size=28, mean=(0.286,), std=(0.353,),
-                               magnitude=5, mixup_alpha=0.0, padding=2)
+    augmenter = BatchAugmenter(
+        num_classes=10, image_size=28, mean=(0.286,), std=(0.353,), magnitude=5, mixup_alpha=0.0, padding=2
+    )
     x, targets = augmenter(images, labels, torch.Generator().manual_seed(0))
     assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32
     assert torch.equal(targets, F.one_hot(labels, 10).float())
@@ -337,7 +357,7 @@ def test_batch_augmenter_pipeline_and_stage_attributes():
     expected = normalize(F.interpolate(images.float(), size=(50, 50), mode="bilinear"), (0.286,), (0.353,))
     assert torch.allclose(evaluated, expected, atol=1e-5)
 
-    bright = torch.full((64, 1, 28, 28), 200, dtype=torch.uint8)              # erasing: zeros appear only with it on
+    bright = torch.full((64, 1, 28, 28), 200, dtype=torch.uint8)  # erasing: zeros appear only with it on
     plain = BatchAugmenter(10, 28, (0.0,), (1.0,), num_ops=0, padding=0, flip=False)
     assert plain(bright, labels.repeat(2), torch.Generator().manual_seed(0))[0].min() > 0
     plain.erasing = 0.5
@@ -351,29 +371,29 @@ def test_random_resized_crop_draws_a_box_per_image_and_keeps_the_whole_image_at_
     out = random_resized_crop(images, 0.35, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.dtype == torch.uint8
     again = random_resized_crop(images, 0.35, torch.Generator().manual_seed(0))
-    assert torch.equal(out, again)                                     # seeded
+    assert torch.equal(out, again)  # seeded
     changed = (out != images).flatten(1).any(1)
-    assert changed.float().mean() > 0.9                                # nearly every image is cropped
+    assert changed.float().mean() > 0.9  # nearly every image is cropped
     same = random_resized_crop(images[:1].expand(64, -1, -1, -1).contiguous(), 0.35, torch.Generator().manual_seed(1))
-    assert len({bytes(x.numpy()) for x in same}) > 60                  # per image, not one box for the batch
+    assert len({bytes(x.numpy()) for x in same}) > 60  # per image, not one box for the batch
 
 
 def test_random_resized_crop_of_a_quarter_box_magnifies_it_twice():
     """A box of a quarter of the area with aspect 1 is half the side: a 2 x 2 block pattern becomes 4 x 4."""
     image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-    image[..., ::2, :] = 200                                           # stripes one pixel high
+    image[..., ::2, :] = 200  # stripes one pixel high
     out = random_resized_crop(image, 0.25 - 1e-9, torch.Generator().manual_seed(0), ratio=(1.0, 1.0))
     rows = out[0, 0, :, 0].float()
-    assert ((rows[1:] - rows[:-1]).abs() > 50).sum() < 7               # fewer edges: the stripes got wider
+    assert ((rows[1:] - rows[:-1]).abs() > 50).sum() < 7  # fewer edges: the stripes got wider
 
 
 def test_random_window_crops_at_native_scale():
     images = torch.arange(2 * 28 * 28, dtype=torch.float32).view(2, 1, 28, 28)
     out = random_window(images, 20, torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 20, 20)
-    for original, window in zip(images, out):                          # a contiguous block of the original
+    for original, window in zip(images, out):  # a contiguous block of the original
         top, left = divmod(int(window[0, 0, 0].item()) % (28 * 28), 28)
-        assert torch.equal(window, original[:, top:top + 20, left:left + 20])
+        assert torch.equal(window, original[:, top : top + 20, left : left + 20])
     assert random_window(images, 28) is images
 
 
@@ -384,5 +404,5 @@ def test_crop_mode_trains_on_windows_and_evaluates_whole_images():
     assert x.shape == (8, 1, 20, 20) and crop.eval_transform(images).shape == (8, 1, 28, 28)
     resized = BatchAugmenter(10, 20, [0.5], [0.25], num_ops=0, padding=0, flip=False)
     assert resized.eval_transform(images).shape == (8, 1, 20, 20)
-    crop.image_size = 32                                               # above the native size: resized in both modes
+    crop.image_size = 32  # above the native size: resized in both modes
     assert crop.eval_transform(images).shape == (8, 1, 32, 32)

@@ -1,4 +1,5 @@
 """lib.data on small files in the real on-disk formats, written here, plus the real Fashion-MNIST."""
+
 import gzip
 import pickle
 import struct
@@ -11,9 +12,17 @@ import torch
 import torchvision
 
 import lib.data as data
-from formats import make_cifar10, make_cifar100, make_fashion_mnist, write_idx, write_png
-from lib.data import (CorruptDataError, DataNotFoundError, DatasetError, DeviceLoader, Split,
-                      UnknownDatasetError, load_dataset, stratified_split)
+from formats import make_cifar10, make_cifar100, make_fashion_mnist, write_png
+from lib.data import (
+    CorruptDataError,
+    DataNotFoundError,
+    DatasetError,
+    DeviceLoader,
+    Split,
+    UnknownDatasetError,
+    load_dataset,
+    stratified_split,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +36,7 @@ def test_fashion_mnist_idx_gz(tmp_path, device):
     ds = load_dataset("fashion_mnist", tmp_path, download=False, val_fraction=0.2, device=device)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (80, 20, 20)
     assert ds.train.images.shape[1:] == (1, 28, 28) and ds.train.images.dtype == torch.uint8
-    for split in (ds.train, ds.val, ds.test):                      # every split lives on the training device
+    for split in (ds.train, ds.val, ds.test):  # every split lives on the training device
         assert split.images.device.type == split.labels.device.type == device.type
     assert torch.bincount(ds.val.labels).tolist() == [2] * 10
     assert ds.classes[6] == "Shirt" and ds.num_classes == 10
@@ -52,10 +61,15 @@ def test_truncated_file_is_named_and_kept(tmp_path):
     assert bad.exists()
 
 
-@pytest.mark.parametrize("name, damage", [("t10k-images-idx3-ubyte", lambda b: b[:-1]),
-                                          ("train-labels-idx1-ubyte", lambda b: b + b"\x00"),
-                                          ("train-images-idx3-ubyte", lambda b: b"\x01\x02" + b[2:])],
-                         ids=["truncated", "padded", "bad magic"])
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("t10k-images-idx3-ubyte", lambda b: b[:-1]),
+        ("train-labels-idx1-ubyte", lambda b: b + b"\x00"),
+        ("train-images-idx3-ubyte", lambda b: b"\x01\x02" + b[2:]),
+    ],
+    ids=["truncated", "padded", "bad magic"],
+)
 def test_a_damaged_idx_file_is_named_in_one_line(tmp_path, name, damage):
     raw = make_fashion_mnist(tmp_path, gz=False)
     (raw / name).write_bytes(damage((raw / name).read_bytes()))
@@ -67,7 +81,7 @@ def test_a_damaged_idx_file_is_named_in_one_line(tmp_path, name, damage):
 def idx_array(path) -> np.ndarray:
     """The test's own reading of an idx file (uint8 only): 4 + 4 x ndim header bytes, then the values."""
     payload = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    shape = struct.unpack(f">{payload[3]}I", payload[4:4 + 4 * payload[3]])
+    shape = struct.unpack(f">{payload[3]}I", payload[4 : 4 + 4 * payload[3]])
     return np.frombuffer(payload, np.uint8, offset=4 + 4 * payload[3]).reshape(shape)
 
 
@@ -77,14 +91,24 @@ def test_idx_files_load_bit_for_bit(tmp_path, gz):
     ds = load_dataset("fashion_mnist", tmp_path, download=False, val_fraction=0)
     suffix = ".gz" if gz else ""
     for split, prefix in ((ds.train, "train"), (ds.test, "t10k")):
-        assert torch.equal(split.images[:, 0], torch.from_numpy(idx_array(raw / f"{prefix}-images-idx3-ubyte{suffix}").copy()))
+        assert torch.equal(
+            split.images[:, 0], torch.from_numpy(idx_array(raw / f"{prefix}-images-idx3-ubyte{suffix}").copy())
+        )
         assert split.labels.tolist() == idx_array(raw / f"{prefix}-labels-idx1-ubyte{suffix}").tolist()
         assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
 
 
-@pytest.mark.parametrize("key, make, batches", [("cifar10", make_cifar10, ["data_batch_1", "data_batch_2", "data_batch_3",
-                                                                          "data_batch_4", "data_batch_5", "test_batch"]),
-                                               ("cifar100", make_cifar100, ["train", "test"])])
+@pytest.mark.parametrize(
+    "key, make, batches",
+    [
+        (
+            "cifar10",
+            make_cifar10,
+            ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"],
+        ),
+        ("cifar100", make_cifar100, ["train", "test"]),
+    ],
+)
 def test_cifar_pickles_load_bit_for_bit(tmp_path, key, make, batches):
     folder = make(tmp_path)
     ds = load_dataset(key, tmp_path, download=False, val_fraction=0)
@@ -92,7 +116,9 @@ def test_cifar_pickles_load_bit_for_bit(tmp_path, key, make, batches):
     label = b"labels" if key == "cifar10" else b"fine_labels"
     expected = {"train": written[:-1], "test": written[-1:]}
     for split, files in ((ds.train, expected["train"]), (ds.test, expected["test"])):
-        assert torch.equal(split.images, torch.from_numpy(np.concatenate([b[b"data"] for b in files]).reshape(-1, 3, 32, 32)))
+        assert torch.equal(
+            split.images, torch.from_numpy(np.concatenate([b[b"data"] for b in files]).reshape(-1, 3, 32, 32))
+        )
         assert split.labels.tolist() == [y for b in files for y in b[label]]
     assert ds.train.images.dtype == torch.uint8 and ds.classes[3] == ("cat" if key == "cifar10" else "class_03")
 
@@ -100,6 +126,7 @@ def test_cifar_pickles_load_bit_for_bit(tmp_path, key, make, batches):
 def test_missing_data_names_every_place_and_the_fix(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
+
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(DataNotFoundError) as err:
         load_dataset("fashion_mnist", tmp_path)
@@ -126,6 +153,7 @@ def test_cifar_downloads_through_torchvision(tmp_path, monkeypatch):
             calls.append((root, train, download))
             if not (tmp_path / "cifar-10-batches-py").exists():
                 make_cifar10(tmp_path)
+
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     ds = load_dataset("cifar10", tmp_path)
     assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
@@ -189,7 +217,7 @@ def test_device_loader_epochs_and_shards(device):
     epoch0 = torch.cat([y for _, y in batches])
     assert epoch0.tolist() == torch.cat([y for _, y in DeviceLoader(on_cpu, 10, seed=1)]).tolist()
     assert sorted(epoch0.tolist()) == list(range(103)) and len(loader) == 11
-    assert torch.equal(epoch0, torch.cat([y for _, y in loader]))     # same epoch, same order
+    assert torch.equal(epoch0, torch.cat([y for _, y in loader]))  # same epoch, same order
     loader.set_epoch(1)
     assert not torch.equal(epoch0, torch.cat([y for _, y in loader]))
     shards = [torch.cat([y for _, y in DeviceLoader(split, 8, seed=1, rank=r, world_size=2)]) for r in (0, 1)]
@@ -205,10 +233,10 @@ def test_device_loader_resumes_inside_an_epoch_in_the_saved_order():
     loader.set_epoch(3)
     whole, order = [y for _, y in loader], loader.permutation()
     assert len(order) == 103 and sorted(order.tolist()) == list(range(103))
-    resumed = DeviceLoader(split, 10, seed=7, rank=1, world_size=2)       # another seed: the saved order decides
+    resumed = DeviceLoader(split, 10, seed=7, rank=1, world_size=2)  # another seed: the saved order decides
     resumed.set_epoch(3, order=order, start=2)
     assert [y.tolist() for _, y in resumed] == [y.tolist() for y in whole[2:]] and len(resumed) == len(whole) == 6
-    resumed.set_epoch(4)                                                 # the next epoch starts at its beginning
+    resumed.set_epoch(4)  # the next epoch starts at its beginning
     assert len(list(resumed)) == 6
 
 
@@ -216,7 +244,7 @@ def test_real_fashion_mnist(fashion_mnist_root, monkeypatch):
     monkeypatch.undo()
     ds = load_dataset("fashion_mnist", fashion_mnist_root, download=False, val_fraction=0)
     assert len(ds.train) == 60000 and len(ds.test) == 10000
-    raw = fashion_mnist_root / "FashionMNIST" / "raw"                 # read here without torchvision: the same values
+    raw = fashion_mnist_root / "FashionMNIST" / "raw"  # read here without torchvision: the same values
     assert torch.equal(ds.train.images[:, 0], torch.from_numpy(idx_array(raw / "train-images-idx3-ubyte").copy()))
     assert ds.test.labels.tolist() == idx_array(raw / "t10k-labels-idx1-ubyte").tolist()
     assert ds.train.labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]

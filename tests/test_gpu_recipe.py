@@ -7,6 +7,7 @@ preflight's stage-by-stage steps with a checkpoint and a resume at each boundary
 take ``device`` run on CUDA where torch sees it (``benchmarks/gpu_check.py`` runs them there),
 compiling with inductor.
 """
+
 import json
 import logging
 import sys
@@ -24,8 +25,13 @@ import lib.train as train_module
 from lib.preflight import main as preflight_main
 from lib.train import main, train
 
-TWO_STAGES = {"num_stages": 2, "size": [20, 28], "randaug_magnitude": [5, 10], "dropout": [0.1, 0.2],
-              "drop_path": [0, 0.1]}
+TWO_STAGES = {
+    "num_stages": 2,
+    "size": [20, 28],
+    "randaug_magnitude": [5, 10],
+    "dropout": [0.1, 0.2],
+    "drop_path": [0, 0.1],
+}
 
 
 @pytest.fixture
@@ -52,8 +58,9 @@ def test_compile_captures_one_static_graph_per_stage_without_breaks(root, tmp_pa
     On CUDA with inductor, the backend the paper profile uses there; on a CPU with aot_eager."""
     backend = "inductor" if device.type == "cuda" else "aot_eager"
     three = {**TWO_STAGES, "num_stages": 3, "size": [20, 28]}
-    metrics = train(config(root, epochs=3, limit=64, compile=backend, schedule=three), tmp_path / "c",
-                    progress=False, log=quiet)
+    metrics = train(
+        config(root, epochs=3, limit=64, compile=backend, schedule=three), tmp_path / "c", progress=False, log=quiet
+    )
     assert [s["image_size"] for s in metrics["stages"]] == [20, 24, 28]
     assert metrics["compilations"] == 3 and metrics["graph_breaks"] == 0, metrics
     assert metrics["compile"] == f"compile {backend}, static shapes" and metrics["device"].startswith(device.type)
@@ -61,10 +68,15 @@ def test_compile_captures_one_static_graph_per_stage_without_breaks(root, tmp_pa
 
 def test_compiled_and_eager_runs_take_the_same_first_steps(root, tmp_path):
     """Tolerance: relative 1e-4 on the epoch's mean loss and 1e-4 absolute on every weight after 3 steps."""
-    eager = train(config(root, epochs=1, max_steps=3, schedule={"size": [28, 28]}), tmp_path / "e",
-                  progress=False, log=quiet)
-    compiled = train(config(root, epochs=1, max_steps=3, schedule={"size": [28, 28]}, compile="aot_eager"),
-                     tmp_path / "c", progress=False, log=quiet)
+    eager = train(
+        config(root, epochs=1, max_steps=3, schedule={"size": [28, 28]}), tmp_path / "e", progress=False, log=quiet
+    )
+    compiled = train(
+        config(root, epochs=1, max_steps=3, schedule={"size": [28, 28]}, compile="aot_eager"),
+        tmp_path / "c",
+        progress=False,
+        log=quiet,
+    )
     losses = [json.loads((tmp_path / run / "history.json").read_text())[0]["train_loss"] for run in ("e", "c")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4), losses
     a, b = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("e", "c"))
@@ -83,12 +95,14 @@ def test_auto_compile_is_inductor_on_cuda_and_off_on_a_cpu():
 def test_cpu_inductor_drops_only_the_cuda_runtime_warning():
     """A CUDA build of torch warns 'No CUDA runtime is found' when inductor compiles on a CPU: noise there."""
     from torch._inductor import config as inductor
-    with inductor.patch({"cpp.cxx": (None, sys.executable)}):    # any program answering --version stands in for g++
+
+    with inductor.patch({"cpp.cxx": (None, sys.executable)}):  # any program answering --version stands in for g++
         lib_device.Compiler("inductor", torch.device("cpu"))
     log = logging.getLogger("torch.utils.cpp_extension")
 
     def kept(message):
         return log.filter(logging.LogRecord(log.name, logging.WARNING, __file__, 0, message, ("/usr/local",), None))
+
     assert not kept("No CUDA runtime is found, using CUDA_HOME='%s'") and kept("Error checking compiler version for %s")
 
 
@@ -96,17 +110,25 @@ def test_cpu_inductor_drops_only_the_cuda_runtime_warning():
 def test_autocast_runs_the_mixed_precision_path(root, tmp_path, amp, dtype, device):
     """The autocast and GradScaler lines of the GPU recipe (on a CPU, CPU autocast and a CPU
     GradScaler): the loss stays within 2% of fp32's."""
-    reference = train(config(root, epochs=1, max_steps=2, schedule={"size": [28, 28]}, amp="off"), tmp_path / "fp32",
-                      progress=False, log=quiet)
-    mixed = train(config(root, epochs=1, max_steps=2, schedule={"size": [28, 28]}, amp=amp), tmp_path / amp,
-                  progress=False, log=quiet)
+    reference = train(
+        config(root, epochs=1, max_steps=2, schedule={"size": [28, 28]}, amp="off"),
+        tmp_path / "fp32",
+        progress=False,
+        log=quiet,
+    )
+    mixed = train(
+        config(root, epochs=1, max_steps=2, schedule={"size": [28, 28]}, amp=amp),
+        tmp_path / amp,
+        progress=False,
+        log=quiet,
+    )
     assert mixed["device"].startswith(device.type)
     assert mixed["precision"] == lib_device.precision(amp, device).describe()
     assert lib_device.precision(amp, device).dtype is dtype
     losses = [json.loads((tmp_path / run / "history.json").read_text())[0]["train_loss"] for run in ("fp32", amp)]
     assert losses[1] == pytest.approx(losses[0], rel=0.02), losses
     state = torch.load(tmp_path / amp / "checkpoints" / "epoch_0001.pt", weights_only=False)
-    assert bool(state["scaler"]) == (amp == "fp16")                   # fp16 scales its gradients
+    assert bool(state["scaler"]) == (amp == "fp16")  # fp16 scales its gradients
     assert reference["precision"] == "fp32"
 
 
@@ -116,7 +138,7 @@ def test_a_gpu_without_bf16_is_one_line_that_names_what_it_can_do(monkeypatch):
     with pytest.raises(ValueError, match=r"^amp bf16: Tesla T4 cannot compute in bf16; it supports fp16 "):
         lib_device.precision("bf16", torch.device("cuda"))
     monkeypatch.setattr(torch.amp, "GradScaler", lambda device_type, enabled: ("GradScaler", device_type, enabled))
-    chosen = lib_device.precision("auto", torch.device("cuda"))            # a T4 or V100: fp16 with a scaler
+    chosen = lib_device.precision("auto", torch.device("cuda"))  # a T4 or V100: fp16 with a scaler
     assert chosen.dtype is torch.float16 and chosen.scaler == ("GradScaler", "cuda", True)
     assert chosen.describe() == "fp16 autocast with gradient scaling"
 
@@ -130,20 +152,33 @@ def test_gradient_accumulation_equals_the_large_batch_on_the_first_step(root, tm
     matmul_tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     try:
         for steps in (1, 4):
-            metrics = train(config(root, epochs=1, max_steps=1, schedule={"size": [28, 28]}, accumulate=steps,
-                                   trainable="head", optimizer="sgd", lr=0.5, amp="off"), tmp_path / f"a{steps}",
-                            progress=False, log=quiet)
+            metrics = train(
+                config(
+                    root,
+                    epochs=1,
+                    max_steps=1,
+                    schedule={"size": [28, 28]},
+                    accumulate=steps,
+                    trainable="head",
+                    optimizer="sgd",
+                    lr=0.5,
+                    amp="off",
+                ),
+                tmp_path / f"a{steps}",
+                progress=False,
+                log=quiet,
+            )
             assert metrics["steps"] == 1 and metrics["device"].startswith(device.type)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     one, four = (torch.load(tmp_path / f"a{s}" / "model.pt", weights_only=True) for s in (1, 4))
-    torch.manual_seed(0)                                   # the trainer's initialisation of seed 0
+    torch.manual_seed(0)  # the trainer's initialisation of seed 0
     start = build_model("efficientnetv2_s", 10, 1, width_mult=0.25, depth_mult=0.1, small_input=True).state_dict()
-    assert not torch.allclose(one["classifier.1.weight"], start["classifier.1.weight"])     # the step moved the head
+    assert not torch.allclose(one["classifier.1.weight"], start["classifier.1.weight"])  # the step moved the head
     for key in one:
         torch.testing.assert_close(four[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
         if not key.startswith("classifier"):
-            assert torch.equal(one[key], start[key]), key                                    # frozen stays put
+            assert torch.equal(one[key], start[key]), key  # frozen stays put
 
 
 @pytest.fixture
@@ -178,6 +213,7 @@ def test_checkpoint_and_resume_are_bit_exact_on_the_device(root, tmp_path, devic
             original(t, folder, stage, epoch, row, log)
             if epoch == 0:
                 raise KeyboardInterrupt
+
         monkeypatch.setattr(train_module, "end_epoch", stop_after_the_first_epoch)
         with pytest.raises(KeyboardInterrupt):
             train(config(root, **settings), tmp_path / "stopped", progress=False, log=quiet)
@@ -186,32 +222,74 @@ def test_checkpoint_and_resume_are_bit_exact_on_the_device(root, tmp_path, devic
     assert resumed["resumed_at_epoch"] == 2 and whole["resumed_at_epoch"] is None
     assert resumed["device"].startswith(device.type) and resumed["precision"] == whole["precision"]
     a, b = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("whole", "stopped"))
-    nondeterministic = sorted({str(w.message).split(" does not have")[0] for w in caught
-                               if "deterministic" in str(w.message)})
+    nondeterministic = sorted(
+        {str(w.message).split(" does not have")[0] for w in caught if "deterministic" in str(w.message)}
+    )
     differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}; ops without a deterministic kernel: {nondeterministic}"
+    assert not differ, (
+        f"{len(differ)} tensors differ, e.g. {differ[:3]}; ops without a deterministic kernel: {nondeterministic}"
+    )
     histories = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("whole", "stopped")]
     assert [h["train_loss"] for h in histories[0]] == [h["train_loss"] for h in histories[1]]
 
 
 def test_batch_must_split_into_processes_and_micro_batches(root, tmp_path, capsys):
-    code = main(["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(tmp_path / "x"),
-                 "--set", f"data_root={root}", "--batch-size", "30", "--set", "accumulate=4"])
+    code = main(
+        [
+            "--dataset",
+            "fashion_mnist",
+            "--profile",
+            "smoke",
+            "--out",
+            str(tmp_path / "x"),
+            "--set",
+            f"data_root={root}",
+            "--batch-size",
+            "30",
+            "--set",
+            "accumulate=4",
+        ]
+    )
     assert code == 2 and "not divisible by 1 process(es) x 4 accumulation step(s)" in capsys.readouterr().err
 
 
 def test_preflight_runs_every_stage_and_crosses_each_boundary(root, tmp_path, capsys, device):
-    code = preflight_main(["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(tmp_path / "p"),
-                           "--set", f"data_root={root}", "--set", "limit=null", "--epochs", "3",
-                           "--set", "schedule={num_stages: 3, size: [20, 28]}", "--compile", "aot_eager",
-                           "--set", "ema_decay=0.99"])
+    code = preflight_main(
+        [
+            "--dataset",
+            "fashion_mnist",
+            "--profile",
+            "smoke",
+            "--out",
+            str(tmp_path / "p"),
+            "--set",
+            f"data_root={root}",
+            "--set",
+            "limit=null",
+            "--epochs",
+            "3",
+            "--set",
+            "schedule={num_stages: 3, size: [20, 28]}",
+            "--compile",
+            "aot_eager",
+            "--set",
+            "ema_decay=0.99",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     rows = json.loads((tmp_path / "p" / "preflight.json").read_text())
     assert [r["image_size"] for r in rows] == [20, 24, 28]
     for r in rows:
-        assert {"image_size", "batch_size", "seconds_per_step", "images_per_second", "peak_memory_bytes",
-                "projected_epoch_seconds", "projected_run_seconds"} <= set(r)
+        assert {
+            "image_size",
+            "batch_size",
+            "seconds_per_step",
+            "images_per_second",
+            "peak_memory_bytes",
+            "projected_epoch_seconds",
+            "projected_run_seconds",
+        } <= set(r)
         if device.type == "cpu":
             assert r["batch_size"] == 8 and r["run_batch_size"] == 64 and "smaller on a CPU" in r["batch_note"]
         else:
@@ -221,12 +299,15 @@ def test_preflight_runs_every_stage_and_crosses_each_boundary(root, tmp_path, ca
         assert r["projected_epoch_seconds"] == pytest.approx(54000 // 64 * 64 / r["images_per_second"])
     assert "projecting for the full fashion_mnist training split (54,000 images)" in out
     assert "projected run on this device" in out and not (tmp_path / "p" / ".preflight").exists()
-    assert not (tmp_path / "p" / "checkpoints").exists()                  # a preflight leaves no run behind
+    assert not (tmp_path / "p" / "checkpoints").exists()  # a preflight leaves no run behind
 
 
 def test_preflight_refuses_what_training_refuses(root, tmp_path, capsys):
     base = ["--dataset", "fashion_mnist", "--out", str(tmp_path / "p"), "--set", f"data_root={root}"]
     assert preflight_main(base + ["--profile", "huge"]) == 2
     assert "unknown profile 'huge'" in capsys.readouterr().err
-    assert preflight_main(base + ["--profile", "smoke", "--set", "model_overrides={width_mult: 0.25, depth_mult: 0.1}"]) == 2
+    assert (
+        preflight_main(base + ["--profile", "smoke", "--set", "model_overrides={width_mult: 0.25, depth_mult: 0.1}"])
+        == 2
+    )
     assert "below efficientnetv2_s's minimum 33 px" in capsys.readouterr().err

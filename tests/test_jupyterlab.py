@@ -10,6 +10,7 @@ are stopped afterwards, on failure too.
 What it does not prove: that the kernel runs code from the browser (nothing is executed there),
 or that the page looks right to a person (the screenshot is checked for ink, not read).
 """
+
 from __future__ import annotations
 
 import html
@@ -39,8 +40,14 @@ def test_jupyterlab_renders_the_executed_notebook(chromium_path, executed_01, tm
 
     shot = tmp_path / "jupyterlab.png"
     with jupyterlab(root, tmp_path / "state") as lab:
-        dom = chrome(lab.url(executed_01.name), tmp_path / "chromium", "--dump-dom", f"--screenshot={shot}",
-                     size=(1400, 2400), budget_ms=60000).stdout
+        dom = chrome(
+            lab.url(executed_01.name),
+            tmp_path / "chromium",
+            "--dump-dom",
+            f"--screenshot={shot}",
+            size=(1400, 2400),
+            budget_ms=60000,
+        ).stdout
         sessions = json.loads(lab.api("sessions"))
         spec = json.loads(lab.api("kernelspecs"))["kernelspecs"]["python3"]["spec"]
     assert lab.process.poll() is not None, "the JupyterLab server is still running"

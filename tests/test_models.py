@@ -7,16 +7,30 @@ import torch
 import torchvision
 from torch import nn
 
-from lib.models import (EFFICIENTNETV2_S, MODEL_NAMES, build_model, check_input_size,
-                        count_flops, count_parameters, describe_stages,
-                        load_torchvision_weights, make_divisible, scale_table, with_fused_stages)
+from lib.models import (
+    EFFICIENTNETV2_S,
+    MODEL_NAMES,
+    build_model,
+    check_input_size,
+    count_flops,
+    count_parameters,
+    describe_stages,
+    load_torchvision_weights,
+    make_divisible,
+    scale_table,
+    with_fused_stages,
+)
 from lib.models.blocks import DropPath, FusedMBConv, MBConv, SqueezeExcite
 
 TV = torchvision.models
-TORCHVISION_NAMES = {"efficientnetv2_s": "efficientnet_v2_s", "efficientnetv2_m": "efficientnet_v2_m",
-                     "efficientnetv2_l": "efficientnet_v2_l", "resnet50": "resnet50",
-                     "wide_resnet101_2": "wide_resnet101_2",
-                     **{f"efficientnet_b{i}": f"efficientnet_b{i}" for i in range(8)}}
+TORCHVISION_NAMES = {
+    "efficientnetv2_s": "efficientnet_v2_s",
+    "efficientnetv2_m": "efficientnet_v2_m",
+    "efficientnetv2_l": "efficientnet_v2_l",
+    "resnet50": "resnet50",
+    "wide_resnet101_2": "wide_resnet101_2",
+    **{f"efficientnet_b{i}": f"efficientnet_b{i}" for i in range(8)},
+}
 
 
 def meta_model(name, num_classes=1000, **kw):
@@ -45,10 +59,16 @@ def randomize_batchnorm(model):
 
 # --------------------------------------------------------------------------- counts
 
-@pytest.mark.parametrize("name, expected", [("efficientnetv2_s", 21_458_488),
-                                            ("efficientnetv2_m", 54_139_356),
-                                            ("efficientnetv2_l", 118_515_272),
-                                            ("efficientnet_b0", 5_288_548)])
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("efficientnetv2_s", 21_458_488),
+        ("efficientnetv2_m", 54_139_356),
+        ("efficientnetv2_l", 118_515_272),
+        ("efficientnet_b0", 5_288_548),
+    ],
+)
 def test_parameter_counts_match_paper_and_torchvision(name, expected):
     assert count_parameters(meta_model(name)) == expected
 
@@ -57,8 +77,7 @@ def test_v2_s_at_10_classes():
     assert count_parameters(meta_model("efficientnetv2_s", 10)) == 20_190_298
 
 
-@pytest.mark.parametrize("name", [f"efficientnet_b{i}" for i in range(1, 8)]
-                         + ["resnet50", "wide_resnet101_2"])
+@pytest.mark.parametrize("name", [f"efficientnet_b{i}" for i in range(1, 8)] + ["resnet50", "wide_resnet101_2"])
 def test_parameter_counts_equal_torchvision(name):
     assert count_parameters(meta_model(name)) == count_parameters(torchvision_model(name, meta=True))
 
@@ -80,8 +99,10 @@ def test_flops_grow_with_image_size():
 
 # --------------------------------------------------------------------------- identity with torchvision
 
-@pytest.mark.parametrize("name", ["efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l",
-                                  "efficientnet_b0", "resnet50"])
+
+@pytest.mark.parametrize(
+    "name", ["efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l", "efficientnet_b0", "resnet50"]
+)
 def test_torchvision_weights_reproduce_outputs(name):
     torch.manual_seed(0)
     reference = randomize_batchnorm(torchvision_model(name)).eval()
@@ -117,14 +138,20 @@ def test_wrong_architecture_is_rejected():
 
 # --------------------------------------------------------------------------- architecture facts
 
+
 def test_describe_stages_reads_table_4_back():
     rows = describe_stages(meta_model("efficientnetv2_s"), image_size=384)
     ops = [(r["operator"], r["stride"], r["channels"], r["layers"]) for r in rows]
-    assert ops == [("Conv3x3", 2, 24, 1),
-                   ("Fused-MBConv1, k3x3", 1, 24, 2), ("Fused-MBConv4, k3x3", 2, 48, 4),
-                   ("Fused-MBConv4, k3x3", 2, 64, 4), ("MBConv4, k3x3", 2, 128, 6),
-                   ("MBConv6, k3x3", 1, 160, 9), ("MBConv6, k3x3", 2, 256, 15),
-                   ("Conv1x1 & Pooling & FC", 1, 1280, 1)]
+    assert ops == [
+        ("Conv3x3", 2, 24, 1),
+        ("Fused-MBConv1, k3x3", 1, 24, 2),
+        ("Fused-MBConv4, k3x3", 2, 48, 4),
+        ("Fused-MBConv4, k3x3", 2, 64, 4),
+        ("MBConv4, k3x3", 2, 128, 6),
+        ("MBConv6, k3x3", 1, 160, 9),
+        ("MBConv6, k3x3", 2, 256, 15),
+        ("Conv1x1 & Pooling & FC", 1, 1280, 1),
+    ]
     assert [r["resolution"] for r in rows] == [192, 192, 96, 48, 24, 24, 12, 12]
     assert [r["se"] for r in rows[1:7]] == [0, 0, 0, 0.25, 0.25, 0.25]
 
@@ -158,8 +185,11 @@ def test_stochastic_depth_linear_in_block_index_and_settable():
 
 
 def test_variant_defaults():
-    assert [meta_model(n).classifier[0].p for n in
-            ("efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l")] == [0.2, 0.3, 0.4]
+    assert [meta_model(n).classifier[0].p for n in ("efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l")] == [
+        0.2,
+        0.3,
+        0.4,
+    ]
     model = meta_model("efficientnetv2_s", dropout=0.1, drop_path_rate=0.0)
     assert model.classifier[0].p == 0.1
     assert all(m.p == 0 for m in model.modules() if isinstance(m, DropPath))
@@ -175,6 +205,7 @@ def test_training_step_with_drop_path_backpropagates():
 
 
 # --------------------------------------------------------------------------- scaling and fusing
+
 
 def test_make_divisible_10_percent_rule():
     assert [make_divisible(v) for v in (16, 26.4, 35.2, 10, 44.8)] == [16, 24, 32, 16, 48]
@@ -207,12 +238,12 @@ def test_fused_stage_edits():
 
 def test_table_3_fused_b4_params():
     # Paper Table 3 (EfficientNet-B4): 19.3M none, 43.4M fused 1-5, 132.0M fused 1-7.
-    params = {f: count_parameters(meta_model("efficientnet_b4", fused_stages=f)) / 1e6
-              for f in ("none", "1-5", "1-7")}
+    params = {f: count_parameters(meta_model("efficientnet_b4", fused_stages=f)) / 1e6 for f in ("none", "1-5", "1-7")}
     assert params == pytest.approx({"none": 19.3, "1-5": 43.4, "1-7": 132.0}, abs=0.2)
 
 
 # --------------------------------------------------------------------------- small inputs and channels
+
 
 def test_small_input_stem_runs_on_28px_grayscale():
     model = build_model("efficientnetv2_s", 10, in_channels=1, small_input=True, depth_mult=0.1)
@@ -232,16 +263,20 @@ def test_resnets_small_stem_and_uniform_interface():
 
 # --------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(name="efficientnetv2_xl"), "known: efficientnetv2_s"),
-    (dict(name="efficientnetv2_s", width_mult=0), "width_mult must be > 0"),
-    (dict(name="efficientnetv2_s", depth_mult=-1), "depth_mult must be > 0"),
-    (dict(name="efficientnetv2_s", fused_stages=[0, 1]), r"out of range 1\.\.6"),
-    (dict(name="efficientnetv2_s", fused_stages=[7]), r"out of range 1\.\.6"),
-    (dict(name="efficientnetv2_s", fused_stages="2-4"), "unknown fused-stage setting"),
-    (dict(name="efficientnetv2_s", dropout_rate=0.1), "unknown overrides"),
-    (dict(name="resnet50", width_mult=2.0), "unknown overrides"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="efficientnetv2_xl"), "known: efficientnetv2_s"),
+        (dict(name="efficientnetv2_s", width_mult=0), "width_mult must be > 0"),
+        (dict(name="efficientnetv2_s", depth_mult=-1), "depth_mult must be > 0"),
+        (dict(name="efficientnetv2_s", fused_stages=[0, 1]), r"out of range 1\.\.6"),
+        (dict(name="efficientnetv2_s", fused_stages=[7]), r"out of range 1\.\.6"),
+        (dict(name="efficientnetv2_s", fused_stages="2-4"), "unknown fused-stage setting"),
+        (dict(name="efficientnetv2_s", dropout_rate=0.1), "unknown overrides"),
+        (dict(name="resnet50", width_mult=2.0), "unknown overrides"),
+    ],
+)
 def test_bad_arguments_raise_one_line_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         build_model(num_classes=10, **kwargs)
@@ -266,12 +301,22 @@ def test_all_names_build():
         assert isinstance(model.min_input_size, int)
 
 
-@pytest.mark.parametrize("shape, stride", [((4, 12, 2, 2), 1), ((4, 12, 1, 1), 1), ((4, 12, 2, 3), 1),
-                                           ((4, 12, 3, 3), 2), ((4, 12, 2, 2), 2), ((4, 12, 5, 5), 1)])
+@pytest.mark.parametrize(
+    "shape, stride",
+    [
+        ((4, 12, 2, 2), 1),
+        ((4, 12, 1, 1), 1),
+        ((4, 12, 2, 3), 1),
+        ((4, 12, 3, 3), 2),
+        ((4, 12, 2, 2), 2),
+        ((4, 12, 5, 5), 1),
+    ],
+)
 def test_depthwise_weight_gradient_on_small_maps_equals_pytorchs(shape, stride):
     """DepthwiseConv2d sums the weight gradient tap by tap where oneDNN is slow (map smaller than
     the kernel); output and both gradients must equal nn.Conv2d's, channels_last and bf16 included."""
     from lib.models.blocks import DepthwiseConv2d
+
     torch.manual_seed(0)
     ours = DepthwiseConv2d(12, 12, 3, stride, 1, groups=12, bias=False)
     reference = torch.nn.Conv2d(12, 12, 3, stride, 1, groups=12, bias=False)
@@ -293,8 +338,8 @@ def test_depthwise_weight_gradient_on_small_maps_equals_pytorchs(shape, stride):
 
 def test_depthwise_convs_are_the_small_map_kind_and_weights_still_load():
     from lib.models.blocks import DepthwiseConv2d
+
     model = build_model("efficientnetv2_s", 10, width_mult=0.25, depth_mult=0.1)
     depthwise = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
     assert depthwise and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
-    assert all(type(m) is torch.nn.Conv2d for m in model.modules()
-               if isinstance(m, torch.nn.Conv2d) and m.groups == 1)
+    assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1)

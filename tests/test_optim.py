@@ -1,6 +1,7 @@
 """The learning rate through torch.optim.lr_scheduler: the same rate at every step as the closed
 formula the trainer used before (lr x warm-up x decay, the plateau rule per epoch), bit for bit,
 also across a checkpoint and resume."""
+
 import math
 
 import pytest
@@ -53,8 +54,11 @@ def scheduled(config: TrainConfig, resume_at: int | None = None) -> list[float]:
     rates = []
     for step in range(STEPS_PER_EPOCH * EPOCHS):
         if step == resume_at:
-            saved = {"optimizer": optimizer.state_dict(), "per_step": per_step.state_dict(),
-                     "plateau": plateau.state_dict() if plateau else None}
+            saved = {
+                "optimizer": optimizer.state_dict(),
+                "per_step": per_step.state_dict(),
+                "plateau": plateau.state_dict() if plateau else None,
+            }
             optimizer, per_step, plateau = build(config)
             optimizer.load_state_dict(saved["optimizer"])
             per_step.load_state_dict(saved["per_step"])
@@ -78,10 +82,10 @@ KINDS = [(kind, warmup) for kind in ("exponential", "cosine", "plateau", "none")
 def test_every_step_has_the_rate_of_the_closed_formula(kind, warmup):
     config = TrainConfig(scheduler=kind, warmup_epochs=warmup, epochs=EPOCHS, lr=0.1, gamma=0.9)
     rates = formula(config)
-    assert scheduled(config) == rates                         # bit for bit, not approximately
+    assert scheduled(config) == rates  # bit for bit, not approximately
     if kind == "plateau":
-        assert rates[-1] == config.lr / 4                    # the rule halved the rate twice
-    if warmup:                                                # the warm-up starts at lr / warm-up steps
+        assert rates[-1] == config.lr / 4  # the rule halved the rate twice
+    if warmup:  # the warm-up starts at lr / warm-up steps
         assert rates[0] == config.lr * (1 / round(warmup * STEPS_PER_EPOCH))
 
 

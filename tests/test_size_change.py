@@ -2,6 +2,7 @@
 
 Random pixels in the real on-disk format: mechanics only, no accuracy is claimed.
 """
+
 import json
 
 import pytest
@@ -40,13 +41,13 @@ def test_recalibrated_statistics_are_those_of_the_images_at_the_new_size():
     model = build_model("efficientnetv2_s", 10, 1, width_mult=0.25, depth_mult=0.1, small_input=True)
     model.set_drop_path_rate(0.3)
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
-    transform = lambda x: nn.functional.interpolate(x.float() / 255, size=20)      # noqa: E731
+    transform = lambda x: nn.functional.interpolate(x.float() / 255, size=20)  # noqa: E731
     recalibrate_batchnorm(model, images, transform, batch_size=16)
     with torch.no_grad():
         features = model.stem.conv(transform(images))
     assert torch.allclose(model.stem.bn.running_mean, features.mean((0, 2, 3)), atol=1e-5)
-    assert torch.allclose(model.stem.bn.running_var, features.var((0, 2, 3)), rtol=0.1)   # mean of batch variances
-    assert model.drop_path_rate == 0.3 and model.training                                  # put back as they were
+    assert torch.allclose(model.stem.bn.running_var, features.var((0, 2, 3)), rtol=0.1)  # mean of batch variances
+    assert model.drop_path_rate == 0.3 and model.training  # put back as they were
 
 
 def test_recalibration_images_depend_on_seed_and_epoch_only():
@@ -66,7 +67,7 @@ def test_a_size_change_is_read_before_and_after_recalibration(root, tmp_path):
     assert 0 <= switched["switch_val_accuracy"] <= 1 and switched["recalibration_seconds"] > 0
     assert not any(k.startswith("switch_") for h in (history[0], history[1], history[3]) for k in h)
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
-    assert "switch_val_accuracy_recalibrated" in header                 # a column that only one row has
+    assert "switch_val_accuracy_recalibrated" in header  # a column that only one row has
 
 
 def test_recalibration_leaves_training_unchanged_and_only_the_statistics_move(root, tmp_path):
@@ -88,7 +89,8 @@ def test_resume_at_the_size_change_is_bit_exact_with_recalibration_and_ema_resta
     def stop_after_epoch_two(t, folder, stage, epoch, row, log):
         end_epoch(t, folder, stage, epoch, row, log)
         if epoch == 1:
-            raise KeyboardInterrupt                                       # the checkpoint of epoch 2 is written
+            raise KeyboardInterrupt  # the checkpoint of epoch 2 is written
+
     monkeypatch.setattr(train_module, "end_epoch", stop_after_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train(config(root, **settings), tmp_path / "stopped", progress=False, log=quiet)
@@ -97,15 +99,19 @@ def test_resume_at_the_size_change_is_bit_exact_with_recalibration_and_ema_resta
     ref, got = (torch.load(tmp_path / name / "model.pt") for name in ("ref", "stopped"))
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     history = json.loads((tmp_path / "stopped" / "history.json").read_text())
-    assert "switch_val_accuracy_recalibrated" in history[2]               # the resumed process re-read the change
+    assert "switch_val_accuracy_recalibrated" in history[2]  # the resumed process re-read the change
 
 
 def test_ema_restart_makes_the_average_forget_the_old_size(root, tmp_path):
     """With decay 0.99 the average after the change still holds most of the 20 px weights; restarted, it
     follows the 28 px weights from their first step."""
     for name, restart in (("kept", False), ("restarted", True)):
-        train(config(root, ema_decay=0.99, ema_restart=restart, epochs=3,
-                     schedule={"num_stages": 2, "size": [20, 28]}), tmp_path / name, progress=False, log=quiet)
+        train(
+            config(root, ema_decay=0.99, ema_restart=restart, epochs=3, schedule={"num_stages": 2, "size": [20, 28]}),
+            tmp_path / name,
+            progress=False,
+            log=quiet,
+        )
     kept, restarted = (torch.load(tmp_path / n / "model.pt") for n in ("kept", "restarted"))
     assert any(not torch.equal(kept[k], restarted[k]) for k in kept)
 

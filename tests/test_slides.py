@@ -7,6 +7,7 @@ once per session (smoke profile, ~25 s, ``executed_01`` in conftest.py), exports
 tagged for the talk, and looks at both decks in headless Chromium with every host name unresolvable:
 each must start (reveal adds ``ready``), show its figure slide, and the screenshots must not be blank.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,8 +33,9 @@ SCRIPT = REPO / "scripts" / "slides.py"
 _spec = importlib.util.spec_from_file_location("slides", SCRIPT)
 slides = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(slides)
-REMOTE_TAG = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']?((?:[a-z][a-z0-9+.-]*:)?//[^"'\s>]+)""",
-                        re.I)
+REMOTE_TAG = re.compile(
+    r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']?((?:[a-z][a-z0-9+.-]*:)?//[^"'\s>]+)""", re.I
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,9 @@ def vendor_cache():
 
 
 def _export(src: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, str(SCRIPT), str(src), str(out), *extra], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(src), str(out), *extra], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, f"python scripts/slides.py failed:\n{run.stderr[-3000:]}"
     return run
 
@@ -92,14 +95,18 @@ def _sections(html: str):
 
 # --- fast checks: no data, no Chromium, only the vendored assets -----------------------------------
 
+
 def test_remote_urls_finds_every_kind_of_remote_load():
     html = """<link rel="stylesheet" href="vendor/reveal.js/dist/reveal.css">
     <script src="https://cdnjs.cloudflare.com/ajax/libs/require.js/2.1.10/require.min.js"></script>
     <link href="//fonts.googleapis.com/css?family=Lato" rel="stylesheet">
     <script type="module">import mermaid from 'https://cdn.example/mermaid.mjs';</script>
     <script src="vendor/requirejs/require.js"></script><a href="https://example.org">a link is fine</a>"""
-    assert slides.remote_urls(html) == ["https://cdnjs.cloudflare.com/ajax/libs/require.js/2.1.10/require.min.js",
-                                        "//fonts.googleapis.com/css?family=Lato", "https://cdn.example/mermaid.mjs"]
+    assert slides.remote_urls(html) == [
+        "https://cdnjs.cloudflare.com/ajax/libs/require.js/2.1.10/require.min.js",
+        "//fonts.googleapis.com/css?family=Lato",
+        "https://cdn.example/mermaid.mjs",
+    ]
 
 
 def test_empty_folder_says_to_run_reproduce(tmp_path):
@@ -116,14 +123,25 @@ def test_export_hides_code_and_skipped_cells_and_embeds_figures(tmp_path, vendor
         made.metadata["slideshow"] = {"slide_type": slide_type}
         return made
 
-    nb = new_notebook(cells=[
-        cell(new_markdown_cell, "# Title slide", "slide"),
-        cell(new_code_cell, "hidden_setup_code = 1", "skip",
-             outputs=[new_output("stream", name="stdout", text="SKIPPED-OUTPUT\n")]),
-        cell(new_markdown_cell, "## A figure", "subslide"),
-        cell(new_code_cell, "visible_figure_code()", "-", execution_count=1,
-             outputs=[new_output("display_data", data={"image/png": _png((200, 40, 40)), "text/plain": "<Figure>"})]),
-    ])
+    nb = new_notebook(
+        cells=[
+            cell(new_markdown_cell, "# Title slide", "slide"),
+            cell(
+                new_code_cell,
+                "hidden_setup_code = 1",
+                "skip",
+                outputs=[new_output("stream", name="stdout", text="SKIPPED-OUTPUT\n")],
+            ),
+            cell(new_markdown_cell, "## A figure", "subslide"),
+            cell(
+                new_code_cell,
+                "visible_figure_code()",
+                "-",
+                execution_count=1,
+                outputs=[new_output("display_data", data={"image/png": _png((200, 40, 40)), "text/plain": "<Figure>"})],
+            ),
+        ]
+    )
     src = tmp_path / "src"
     src.mkdir()
     nbformat.write(nb, src / "07_demo.ipynb")
@@ -155,26 +173,41 @@ def _course(src: Path) -> None:
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
     def figure(png, source, tags=()):
-        return new_code_cell(source, execution_count=1, metadata={"tags": list(tags)}, outputs=[
-            new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})])
+        return new_code_cell(
+            source,
+            execution_count=1,
+            metadata={"tags": list(tags)},
+            outputs=[new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})],
+        )
 
     def text(source, tags=()):
         return new_markdown_cell(source, metadata={"tags": list(tags)})
 
     src.mkdir()
-    nbformat.write(new_notebook(cells=[
-        text("# Data\n\nClass balance, in one figure.", ["talk"]),
-        figure(RED, "red_figure_code()", ["talk", "other"]),
-        text("UNTAGGED-MARKDOWN"),
-        figure(GREEN, "untagged_figure_code()"),
-    ]), src / "01_data.ipynb")
-    nbformat.write(new_notebook(cells=[text("# NOT-IN-THE-TALK"), figure(GREEN, "more_untagged()")]),
-                   src / "02_untagged.ipynb")
-    nbformat.write(new_notebook(cells=[
-        text("## Results against the seeds", ["talk"]),
-        figure(BLUE, "blue_figure_code()", ["talk"]),
-        text("Within a few points of the coursework's 93.93%.", ["talk"]),
-    ]), src / "03_results.ipynb")
+    nbformat.write(
+        new_notebook(
+            cells=[
+                text("# Data\n\nClass balance, in one figure.", ["talk"]),
+                figure(RED, "red_figure_code()", ["talk", "other"]),
+                text("UNTAGGED-MARKDOWN"),
+                figure(GREEN, "untagged_figure_code()"),
+            ]
+        ),
+        src / "01_data.ipynb",
+    )
+    nbformat.write(
+        new_notebook(cells=[text("# NOT-IN-THE-TALK"), figure(GREEN, "more_untagged()")]), src / "02_untagged.ipynb"
+    )
+    nbformat.write(
+        new_notebook(
+            cells=[
+                text("## Results against the seeds", ["talk"]),
+                figure(BLUE, "blue_figure_code()", ["talk"]),
+                text("Within a few points of the coursework's 93.93%.", ["talk"]),
+            ]
+        ),
+        src / "03_results.ipynb",
+    )
 
 
 def test_talk_is_the_tagged_cells_in_notebook_order_after_a_title(tmp_path, vendor_cache):
@@ -184,12 +217,23 @@ def test_talk_is_the_tagged_cells_in_notebook_order_after_a_title(tmp_path, vend
     html = (tmp_path / "slides" / "talk.slides.html").read_text()
 
     # nbconvert wraps every slide in an outer <section>: title, "Data" with red, "Results" with blue
-    assert [(h, v, img) for h, v, img in _sections(html)] == [(0, None, False), (0, 0, False), (1, None, False),
-                                                              (1, 0, True), (2, None, False), (2, 0, True)]
+    assert [(h, v, img) for h, v, img in _sections(html)] == [
+        (0, None, False),
+        (0, 0, False),
+        (1, None, False),
+        (1, 0, True),
+        (2, None, False),
+        (2, 0, True),
+    ]
     titles = re.findall(r"<h[12][^>]*>(.*?)<", html)
     assert titles[:3] == [slides.TALK_TITLE, "Data", "Results against the seeds"], titles
-    assert html.index("Class balance") < html.index(RED) < html.index("Results against") < html.index(BLUE) \
+    assert (
+        html.index("Class balance")
+        < html.index(RED)
+        < html.index("Results against")
+        < html.index(BLUE)
         < html.index("93.93%")
+    )
     assert GREEN not in html and "UNTAGGED-MARKDOWN" not in html and "NOT-IN-THE-TALK" not in html
     assert "_figure_code" not in html, "code must be hidden in the talk"
     assert html.count('src="data:image/png;base64,') == 2
@@ -222,20 +266,26 @@ def test_untitled_figure_slides_names_the_figure_without_a_heading(tmp_path):
     _course(tmp_path / "src")
     talk = slides.talk_notebook(slides.notebooks_in(tmp_path / "src"))
     assert [c.metadata["talk"]["from"] for c in talk.cells[1:]] == [
-        "01_data.ipynb cell 0", "01_data.ipynb cell 1", "03_results.ipynb cell 0", "03_results.ipynb cell 1",
-        "03_results.ipynb cell 2"]
+        "01_data.ipynb cell 0",
+        "01_data.ipynb cell 1",
+        "03_results.ipynb cell 0",
+        "03_results.ipynb cell 1",
+        "03_results.ipynb cell 2",
+    ]
     assert slides.untitled_figure_slides(talk) == []
 
     nb = nbformat.read(tmp_path / "src" / "03_results.ipynb", as_version=4)
     nb.cells[0] = new_markdown_cell("Results, said without a heading", metadata={"tags": ["talk"]})
-    nb.cells.append(new_code_cell("", metadata={"tags": ["talk"]},
-                                  outputs=[new_output("display_data", data={"image/png": RED})]))
+    nb.cells.append(
+        new_code_cell("", metadata={"tags": ["talk"]}, outputs=[new_output("display_data", data={"image/png": RED})])
+    )
     nbformat.write(nb, tmp_path / "src" / "03_results.ipynb")
     talk = slides.talk_notebook(slides.notebooks_in(tmp_path / "src"))
     assert slides.untitled_figure_slides(talk) == ["slide 2: the figure of 03_results.ipynb cell 1"]
 
 
 # --- the real thing: notebook 01 executed, exported, rendered in headless Chromium ------------------
+
 
 @pytest.fixture(scope="module")
 def deck(tmp_path_factory, chromium_path, executed_01, vendor_cache):
@@ -260,8 +310,11 @@ def test_deck_is_offline_and_embeds_the_figures(deck):
     assert slides.remote_urls(html) == []
     for url in slides.loaded_urls(html):
         assert (html_path.parent / url.split("?")[0]).is_file(), f"{url} is not in the deck's folder"
-    figures = sum("image/png" in output.get("data", {})
-                  for cell in json.loads(executed.read_text())["cells"] for output in cell.get("outputs", []))
+    figures = sum(
+        "image/png" in output.get("data", {})
+        for cell in json.loads(executed.read_text())["cells"]
+        for output in cell.get("outputs", [])
+    )
     assert figures >= 3, "notebook 01 should display its figures (is MPLBACKEND=Agg set for the kernel?)"
     assert html.count('src="data:image/png;base64,') == figures
     assert "manual_seed" not in html, "code must be hidden"

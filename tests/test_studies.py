@@ -1,4 +1,5 @@
 """Studies: arms x seeds trained (in worker processes on a CPU), reused, summarized, judged."""
+
 import json
 from pathlib import Path
 
@@ -25,14 +26,16 @@ def root(tmp_path, monkeypatch):
 def test_arms_times_seeds_run_in_two_processes_and_are_reused(root, tmp_path):
     arms = {"baseline": {}, "dropout 0.6": {"schedule": {"dropout": 0.6}}}
     settings = dict(data_root=str(root), limit=None, epochs=1, batch_size=32, schedule={"size": [28, 28]})
-    runs = run_arms("smoke", "fashion_mnist", None, arms, [0, 1], tmp_path / "study", processes=2,
-                    log=lambda *a: None, **settings)
+    runs = run_arms(
+        "smoke", "fashion_mnist", None, arms, [0, 1], tmp_path / "study", processes=2, log=lambda *a: None, **settings
+    )
     assert list(zip(runs.arm, runs.seed)) == [("baseline", 0), ("baseline", 1), ("dropout 0.6", 0), ("dropout 0.6", 1)]
     assert runs.run_dir.nunique() == 4 and all("/dropout_06/seed" in d for d in runs.run_dir[2:])
     assert runs.test_accuracy.between(0, 1).all() and (runs.train_flops > 0).all()
-    again = run_arms("smoke", "fashion_mnist", None, arms, [0, 1], tmp_path / "study", processes=1,
-                     log=lambda *a: None, **settings)
-    pd.testing.assert_series_equal(again.train_seconds, runs.train_seconds)         # reused, not retrained
+    again = run_arms(
+        "smoke", "fashion_mnist", None, arms, [0, 1], tmp_path / "study", processes=1, log=lambda *a: None, **settings
+    )
+    pd.testing.assert_series_equal(again.train_seconds, runs.train_seconds)  # reused, not retrained
     table = summarize(runs)
     assert list(table.arm) == ["baseline", "dropout 0.6"] and (table.seeds == 2).all()
     assert table.test_accuracy_mean[0] == pytest.approx(runs.test_accuracy[:2].mean())
@@ -41,15 +44,33 @@ def test_arms_times_seeds_run_in_two_processes_and_are_reused(root, tmp_path):
 def test_an_arm_another_study_already_trained_with_the_same_settings_is_reused(root, tmp_path):
     """Notebook 05's CPU baseline is notebook 04's fixed-size arm: trained once, found by its settings."""
     settings = dict(data_root=str(root), limit=None, epochs=1, batch_size=32, schedule={"size": [28, 28]})
-    first = run_arms("smoke", "fashion_mnist", None, {"fixed final size": {}}, [0], tmp_path / "runs" / "progressive",
-                     processes=1, log=lambda *a: None, **settings)
+    first = run_arms(
+        "smoke",
+        "fashion_mnist",
+        None,
+        {"fixed final size": {}},
+        [0],
+        tmp_path / "runs" / "progressive",
+        processes=1,
+        log=lambda *a: None,
+        **settings,
+    )
     said = []
-    second = run_arms("smoke", "fashion_mnist", None, {"baseline": {}, "dropout 0.6": {"schedule": {"dropout": 0.6}}}, [0],
-                      tmp_path / "runs" / "ablations", processes=1, reuse_from=tmp_path / "runs", log=said.append,
-                      **settings)
+    second = run_arms(
+        "smoke",
+        "fashion_mnist",
+        None,
+        {"baseline": {}, "dropout 0.6": {"schedule": {"dropout": 0.6}}},
+        [0],
+        tmp_path / "runs" / "ablations",
+        processes=1,
+        reuse_from=tmp_path / "runs",
+        log=said.append,
+        **settings,
+    )
     assert second.run_dir[0] == first.run_dir[0] and second.train_seconds[0] == first.train_seconds[0]
-    assert not (tmp_path / "runs" / "ablations" / "baseline").exists()             # nothing trained for it
-    assert "/dropout_06/seed0-" in second.run_dir[1]                                 # other settings: trained
+    assert not (tmp_path / "runs" / "ablations" / "baseline").exists()  # nothing trained for it
+    assert "/dropout_06/seed0-" in second.run_dir[1]  # other settings: trained
     assert any("the same settings as the finished" in line for line in said)
 
 
@@ -57,18 +78,38 @@ def test_a_kept_record_is_shown_and_nothing_missing_is_trained_when_asked_not_to
     """Notebook 02 on a CPU: the ResNet runs the repository keeps (metrics, config, curves; no weights, and
     moved from where they were trained) are found by their settings; a missing one is not trained."""
     import shutil
+
     settings = dict(data_root=str(root), limit=None, epochs=1, batch_size=32, schedule={"size": [28, 28]})
-    trained = run_arms("smoke", "fashion_mnist", None, {"baseline": {}}, [0], tmp_path / "runs" / "baselines",
-                       processes=1, log=lambda *a: None, **settings)
+    trained = run_arms(
+        "smoke",
+        "fashion_mnist",
+        None,
+        {"baseline": {}},
+        [0],
+        tmp_path / "runs" / "baselines",
+        processes=1,
+        log=lambda *a: None,
+        **settings,
+    )
     kept = tmp_path / "figures" / "records" / "fashion_mnist"
     shutil.copytree(tmp_path / "runs", kept, ignore=shutil.ignore_patterns("*.pt", "checkpoints"))
     shutil.rmtree(tmp_path / "runs")
     said = []
-    shown = run_arms("smoke", "fashion_mnist", None, {"baseline": {}, "dropout 0.6": {"schedule": {"dropout": 0.6}}},
-                     [0, 1], tmp_path / "runs" / "baselines", processes=1, reuse_from=[tmp_path / "runs", kept],
-                     train_missing=False, log=said.append, **settings)
-    assert list(zip(shown.arm, shown.seed)) == [("baseline", 0)]                       # found; the rest not trained
-    assert Path(shown.run_dir[0]).is_relative_to(kept)                                # where it was found
+    shown = run_arms(
+        "smoke",
+        "fashion_mnist",
+        None,
+        {"baseline": {}, "dropout 0.6": {"schedule": {"dropout": 0.6}}},
+        [0, 1],
+        tmp_path / "runs" / "baselines",
+        processes=1,
+        reuse_from=[tmp_path / "runs", kept],
+        train_missing=False,
+        log=said.append,
+        **settings,
+    )
+    assert list(zip(shown.arm, shown.seed)) == [("baseline", 0)]  # found; the rest not trained
+    assert Path(shown.run_dir[0]).is_relative_to(kept)  # where it was found
     assert shown.test_accuracy[0] == trained.test_accuracy[0] and not (tmp_path / "runs").exists()
     assert sum("not trained here" in line for line in said) == 3
 
@@ -81,12 +122,14 @@ def test_the_kept_resnet_runs_match_their_profile(profile):
     from lib.profiles import BASELINE_REGIMES
     from lib.runs import REPO_ROOT
     from lib.studies import finished_elsewhere
+
     plan = study(profile, "baselines")
     for model in plan["models"]:
         for regime in plan["regimes"]:
             for seed in range(plan["seeds"]):
-                config = config_for(profile, "fashion_mnist", "baselines", seed=seed, model=model,
-                                    **BASELINE_REGIMES[regime])
+                config = config_for(
+                    profile, "fashion_mnist", "baselines", seed=seed, model=model, **BASELINE_REGIMES[regime]
+                )
                 metrics = finished_elsewhere(config, REPO_ROOT / "figures" / "records" / "fashion_mnist")
                 assert metrics is not None, f"no kept run of {model}, {regime}, seed {seed} for {profile}'s settings"
                 assert metrics["epochs"] == config.epochs
@@ -94,9 +137,15 @@ def test_the_kept_resnet_runs_match_their_profile(profile):
 
 
 def test_verdict_needs_seed_ranges_that_do_not_overlap():
-    runs = pd.DataFrame({"arm": ["a", "a", "b", "b", "c", "c"], "seed": [0, 1] * 3,
-                         "test_accuracy": [0.90, 0.91, 0.92, 0.93, 0.905, 0.925],
-                         "train_accuracy": [0.9] * 6, "train_seconds": [1.0] * 6})
+    runs = pd.DataFrame(
+        {
+            "arm": ["a", "a", "b", "b", "c", "c"],
+            "seed": [0, 1] * 3,
+            "test_accuracy": [0.90, 0.91, 0.92, 0.93, 0.905, 0.925],
+            "train_accuracy": [0.9] * 6,
+            "train_seconds": [1.0] * 6,
+        }
+    )
     table = summarize(runs)
     assert verdict(table, "b", "a") == "higher" and verdict(table, "a", "b") == "lower"
     assert verdict(table, "c", "a") == "within noise" and verdict(table, "c", "b") == "within noise"
@@ -113,6 +162,7 @@ def test_the_cpu_profiles_share_their_studies_whatever_their_own_recipes():
     recipes (optimizer, warm-up, model, epochs) must not leak into any arm: the laptop's warm-up once did."""
     from itertools import product
     from lib.profiles import BASELINE_REGIMES
+
     assert PROFILES["quick"]["studies"] is PROFILES["laptop"]["studies"]
     for name, plan in PROFILES["quick"]["studies"].items():
         models = [{"model": m} for m in plan.get("models", [])] or [{}]
@@ -156,13 +206,20 @@ def test_results_read_kept_records_and_a_fresh_run_replaces_its_record(tmp_path)
     write_json(runs / "fashion_mnist/quick/ablations/baseline/seed0-abc/metrics.json", {"test_accuracy": 0.89})
     (runs / "stray.json").write_text("{}")
     found = finished_runs(records, runs, tmp_path / "missing")
-    assert [str(k) for k in found] == ["fashion_mnist/laptop/laptop", "fashion_mnist/quick/ablations/baseline/seed0-abc",
-                                       "fashion_mnist/quick/terminal/seed0"]
-    assert found[next(k for k in found if k.name == "seed0")].is_relative_to(runs)      # the fresh run wins
+    assert [str(k) for k in found] == [
+        "fashion_mnist/laptop/laptop",
+        "fashion_mnist/quick/ablations/baseline/seed0-abc",
+        "fashion_mnist/quick/terminal/seed0",
+    ]
+    assert found[next(k for k in found if k.name == "seed0")].is_relative_to(runs)  # the fresh run wins
 
 
-KEPT_ARMS = [(profile, name) for profile in ("quick", "laptop") for name, plan in PROFILES[profile]["studies"].items()
-             if plan.get("kept") and isinstance(plan.get("arms"), dict)]
+KEPT_ARMS = [
+    (profile, name)
+    for profile in ("quick", "laptop")
+    for name, plan in PROFILES[profile]["studies"].items()
+    if plan.get("kept") and isinstance(plan.get("arms"), dict)
+]
 
 
 @pytest.mark.parametrize("profile, name", KEPT_ARMS)

@@ -1,4 +1,5 @@
 """The trainer's promises: exact resume after a kill, DDP = one process, no clobbering, clear errors."""
+
 import json
 import os
 import random
@@ -29,15 +30,37 @@ def tiny_root(tmp_path, monkeypatch):
 
 
 def cli_args(root, out, epochs=3, *extra):
-    return ["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(out), "--epochs", str(epochs),
-            "--batch-size", "32", "--set", f"data_root={root}", "--set", "limit=null",
-            "--set", f"schedule={SCHEDULE}", *extra]
+    return [
+        "--dataset",
+        "fashion_mnist",
+        "--profile",
+        "smoke",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "32",
+        "--set",
+        f"data_root={root}",
+        "--set",
+        "limit=null",
+        "--set",
+        f"schedule={SCHEDULE}",
+        *extra,
+    ]
 
 
 def run_cli(args, **kwargs):
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lib.train", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lib.train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def weights(path):
@@ -60,7 +83,7 @@ def test_kill_at_a_random_step_then_resume_equals_uninterrupted_run(uninterrupte
     first = tmp_path / "killed" / "checkpoints" / "epoch_0001.pt"
     while not first.exists() and victim.poll() is None:
         time.sleep(0.01)
-    time.sleep(random.Random().uniform(0.0, 0.6))     # somewhere in epochs 2-4
+    time.sleep(random.Random().uniform(0.0, 0.6))  # somewhere in epochs 2-4
     victim.send_signal(signal.SIGKILL)
     victim.wait(30)
     assert not (tmp_path / "killed" / "metrics.json").exists(), "the run finished before it was killed"
@@ -75,7 +98,7 @@ def test_kill_at_a_random_step_then_resume_equals_uninterrupted_run(uninterrupte
     history = json.loads((tmp_path / "killed" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and [h["image_size"] for h in history] == [20, 20, 28, 28]
     elapsed = [h["elapsed_seconds"] for h in history]
-    assert elapsed == sorted(elapsed), f"the clock restarted on resume: {elapsed}"      # it goes on from the checkpoint's
+    assert elapsed == sorted(elapsed), f"the clock restarted on resume: {elapsed}"  # it goes on from the checkpoint's
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert metrics["resumed_at_epoch"] in (2, 3, 4) and metrics["wall_seconds"] > elapsed[-1]
     assert json.loads((ref_dir / "metrics.json").read_text())["resumed_at_epoch"] is None
@@ -109,17 +132,31 @@ def test_sigterm_inside_an_epoch_then_resume_equals_uninterrupted_run(uninterrup
     tiny_root, ref_dir = uninterrupted
     out, marker = tmp_path / "stopped", tmp_path / "step"
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    victim = subprocess.Popen([sys.executable, "-c", PAUSE_AT_STEP, str(marker), "19", *cli_args(tiny_root, out, 4)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(
+        [sys.executable, "-c", PAUSE_AT_STEP, str(marker), "19", *cli_args(tiny_root, out, 4)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not marker.exists() and victim.poll() is None:
         time.sleep(0.01)
-    victim.send_signal(signal.SIGTERM)                  # after step 19: epoch 3 (8 steps per epoch), batch 3
+    victim.send_signal(signal.SIGTERM)  # after step 19: epoch 3 (8 steps per epoch), batch 3
     log, err = victim.communicate(timeout=60)
     assert victim.returncode == 143, log + err
     checkpoint = out / "checkpoints" / "epoch_0002_step_000003.pt"
-    assert err.startswith(f"stopped by SIGTERM after step 19 (epoch 3, batch 3 of 8); checkpoint {checkpoint}; "
-                          f"resume with: python -m lib.train ") and err.endswith(" --resume\n") and err.count("\n") == 1, err
-    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["epoch_0002.pt", checkpoint.name]   # the epoch's stays
+    assert (
+        err.startswith(
+            f"stopped by SIGTERM after step 19 (epoch 3, batch 3 of 8); checkpoint {checkpoint}; "
+            f"resume with: python -m lib.train "
+        )
+        and err.endswith(" --resume\n")
+        and err.count("\n") == 1
+    ), err
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == [
+        "epoch_0002.pt",
+        checkpoint.name,
+    ]  # the epoch's stays
     state = torch.load(checkpoint, weights_only=False)
     assert (state["steps"], state["epoch"], state["position"]["batches"]) == (19, 2, 3)
 
@@ -127,38 +164,70 @@ def test_sigterm_inside_an_epoch_then_resume_equals_uninterrupted_run(uninterrup
     log = resumed.communicate(timeout=120)[0]
     assert resumed.returncode == 0, log
     assert f"resumed from {checkpoint} at epoch 3, batch 4 of 8 (stage 1)" in log, log
-    for name in ("model.pt", "checkpoints/epoch_0004.pt"):            # the EMA weights, then the raw ones
+    for name in ("model.pt", "checkpoints/epoch_0004.pt"):  # the EMA weights, then the raw ones
         ref, got = weights(ref_dir / name), weights(out / name)
         ref, got = (ref["model"], got["model"]) if "model" in ref else (ref, got)
         assert ref.keys() == got.keys()
         diff = max((ref[k].double() - got[k].double()).abs().max().item() for k in ref)
-        print(f"SIGTERM after step {state['steps']}, resumed: {name} max abs difference {diff} from the uninterrupted run")
+        print(
+            f"SIGTERM after step {state['steps']}, resumed: {name} max abs difference {diff} from the uninterrupted run"
+        )
         assert diff == 0 and all(torch.equal(ref[k], got[k]) for k in ref), f"{name} differs by up to {diff}"
     rows = [json.loads((d / "history.json").read_text()) for d in (ref_dir, out)]
-    assert [{k: v for k, v in row.items() if k not in TIMES} for row in rows[1]] == \
-           [{k: v for k, v in row.items() if k not in TIMES} for row in rows[0]]    # epoch 3's row: the whole epoch
+    assert [{k: v for k, v in row.items() if k not in TIMES} for row in rows[1]] == [
+        {k: v for k, v in row.items() if k not in TIMES} for row in rows[0]
+    ]  # epoch 3's row: the whole epoch
     elapsed = [h["elapsed_seconds"] for h in rows[1]]
     assert elapsed == sorted(elapsed) and all(h["train_images_per_second"] > 0 for h in rows[1])
-    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["epoch_0004.pt"]   # keep_checkpoints=1 in smoke
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["epoch_0004.pt"]  # keep_checkpoints=1 in smoke
 
 
 def test_torchrun_two_processes_with_syncbn_equals_one_process(tiny_root, tmp_path):
-    common = ["--optimizer", "sgd", "--set", "max_steps=1", "--set", "randaug_ops=0", "--set", "crop_padding=0",
-              "--set", "flip=false", "--set", "label_smoothing=0.1", "--set", "sync_bn=true",
-              "--set", "schedule={num_stages: 1, size: [28, 28]}"]
+    common = [
+        "--optimizer",
+        "sgd",
+        "--set",
+        "max_steps=1",
+        "--set",
+        "randaug_ops=0",
+        "--set",
+        "crop_padding=0",
+        "--set",
+        "flip=false",
+        "--set",
+        "label_smoothing=0.1",
+        "--set",
+        "sync_bn=true",
+        "--set",
+        "schedule={num_stages: 1, size: [28, 28]}",
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "lib.train", *cli_args(tiny_root, tmp_path / "ddp", 1, *common)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "lib.train",
+            *cli_args(tiny_root, tmp_path / "ddp", 1, *common),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
-    assert ddp.stdout.count("test accuracy") == 1, ddp.stdout          # rank 0 alone reports and writes
+    assert ddp.stdout.count("test accuracy") == 1, ddp.stdout  # rank 0 alone reports and writes
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["world_size"] == 2
     single = run_cli(cli_args(tiny_root, tmp_path / "one", 1, *common))
     assert single.wait(120) == 0, single.stdout.read()
     a, b = weights(tmp_path / "ddp" / "model.pt"), weights(tmp_path / "one" / "model.pt")
     start = train_module.build_model("efficientnetv2_s", 10, 1, **TINY).state_dict()
     moved = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], start[k])]
-    assert len(moved) > 10                                               # the step changed the weights
+    assert len(moved) > 10  # the step changed the weights
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=2e-6, rtol=1e-4), k
 
@@ -166,23 +235,40 @@ def test_torchrun_two_processes_with_syncbn_equals_one_process(tiny_root, tmp_pa
 def test_torchrun_a_signal_to_one_process_stops_both_after_the_same_step(tiny_root, tmp_path):
     """Only rank 1 is sent SIGTERM (after step 11); rank 0 learns of it at the step boundary, and the
     checkpoint it writes holds both processes' positions at that one step."""
-    child = ("import os, signal, sys\nimport lib.train as train\nstep = train.optimizer_step\n"
-             "def signalled(t, x, targets):\n    out = step(t, x, targets)\n"
-             "    if t.steps == 11 and os.environ['RANK'] == '1':\n        os.kill(os.getpid(), signal.SIGTERM)\n"
-             "    return out\ntrain.optimizer_step = signalled\nsys.exit(train.main(sys.argv[1:]))\n")
+    child = (
+        "import os, signal, sys\nimport lib.train as train\nstep = train.optimizer_step\n"
+        "def signalled(t, x, targets):\n    out = step(t, x, targets)\n"
+        "    if t.steps == 11 and os.environ['RANK'] == '1':\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return out\ntrain.optimizer_step = signalled\nsys.exit(train.main(sys.argv[1:]))\n"
+    )
     (tmp_path / "child.py").write_text(child)
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(tmp_path / "child.py"), *cli_args(tiny_root, tmp_path / "ddp", 2)],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert ddp.stderr.count("exitcode  : 143") == 2, ddp.stdout + ddp.stderr          # both processes stopped
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "child.py"),
+            *cli_args(tiny_root, tmp_path / "ddp", 2),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ddp.stderr.count("exitcode  : 143") == 2, ddp.stdout + ddp.stderr  # both processes stopped
     assert "stopped by SIGTERM after step 11 (epoch 2, batch 3 of 8)" in ddp.stderr, ddp.stderr
-    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["epoch_0001.pt",
-                                                                                    "epoch_0001_step_000003.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == [
+        "epoch_0001.pt",
+        "epoch_0001_step_000003.pt",
+    ]
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "epoch_0001_step_000003.pt", weights_only=False)
     ranks = state["position"]["ranks"]
     assert state["steps"] == 11 and state["position"]["world_size"] == 2 and [r["seen"] for r in ranks] == [48, 48]
-    assert not torch.equal(ranks[0]["generator"], ranks[1]["generator"])             # each process's own draws
+    assert not torch.equal(ranks[0]["generator"], ranks[1]["generator"])  # each process's own draws
 
 
 def small_config(root, **overrides):
@@ -198,17 +284,28 @@ def test_outputs_and_no_clobbering(tiny_root, tmp_path):
     for name in ("config.json", "metrics.json", "metrics.csv", "history.json", "model.pt"):
         assert (out / name).exists(), name
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
-    for column in ("train_loss", "val_accuracy", "lr", "image_size", "randaug_magnitude", "mixup_alpha",
-                   "dropout", "drop_path", "weight_decay", "epoch_seconds", "train_images_per_second"):
+    for column in (
+        "train_loss",
+        "val_accuracy",
+        "lr",
+        "image_size",
+        "randaug_magnitude",
+        "mixup_alpha",
+        "dropout",
+        "drop_path",
+        "weight_decay",
+        "epoch_seconds",
+        "train_images_per_second",
+    ):
         assert column in header, column
-    assert len(list((out / "checkpoints").glob("*.pt"))) == 1          # keep_checkpoints=1 in smoke
-    assert not (out / ".lock").exists()                                 # a finished run takes its lock file away
+    assert len(list((out / "checkpoints").glob("*.pt"))) == 1  # keep_checkpoints=1 in smoke
+    assert not (out / ".lock").exists()  # a finished run takes its lock file away
     with pytest.raises(TrainingError, match="finished run"):
         train(small_config(tiny_root), out, progress=False, log=lambda *a: None)
     train(small_config(tiny_root), out, overwrite=True, progress=False, log=lambda *a: None)
 
 
-@pytest.mark.parametrize("value, bars", [("1", False), ("0", True)])   # make test, make reproduce
+@pytest.mark.parametrize("value, bars", [("1", False), ("0", True)])  # make test, make reproduce
 def test_tqdm_disable_switches_the_progress_bars(tiny_root, tmp_path, capsys, monkeypatch, value, bars):
     monkeypatch.setenv("TQDM_DISABLE", value)
     train(small_config(tiny_root), tmp_path / "run", progress=True, log=lambda *a: None)
@@ -233,7 +330,8 @@ def _diverge_in_epoch_2(root, out, monkeypatch=None):
     def poisoned(logits, targets, smoothing):
         calls["n"] += 1
         loss = original(logits, targets, smoothing)
-        return loss * float("nan") if calls["n"] > 9 else loss   # 9 steps per epoch here
+        return loss * float("nan") if calls["n"] > 9 else loss  # 9 steps per epoch here
+
     train_module.soft_cross_entropy = poisoned
     try:
         train(small_config(root), out, progress=False, log=lambda *a: None)
@@ -251,21 +349,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--profile", "huge"], "unknown profile 'huge'"),
-    (["--optimizer", "lamb"], "unknown optimizer 'lamb'"),
-    (["--scheduler", "step"], "unknown scheduler 'step'"),
-    (["--epochs", "0"], "epochs must be a positive integer"),
-    (["--epochs", "7", "--set", "schedule={coursework: fashion_mnist}"], "covers 100 epochs but the run has 7"),
-    (["--set", "model_overrides={width_mult: 0.25, depth_mult: 0.1}"], "below efficientnetv2_s's minimum"),
-    (["--model", "efficientnetv2_xl"], "unknown model 'efficientnetv2_xl'"),
-    (["--set", "colour=red"], "unknown setting"),
-    (["--seed", "-1"], "seed must be >= 0"),
-    (["--seed", "one"], "seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--profile", "huge"], "unknown profile 'huge'"),
+        (["--optimizer", "lamb"], "unknown optimizer 'lamb'"),
+        (["--scheduler", "step"], "unknown scheduler 'step'"),
+        (["--epochs", "0"], "epochs must be a positive integer"),
+        (["--epochs", "7", "--set", "schedule={coursework: fashion_mnist}"], "covers 100 epochs but the run has 7"),
+        (["--set", "model_overrides={width_mult: 0.25, depth_mult: 0.1}"], "below efficientnetv2_s's minimum"),
+        (["--model", "efficientnetv2_xl"], "unknown model 'efficientnetv2_xl'"),
+        (["--set", "colour=red"], "unknown setting"),
+        (["--seed", "-1"], "seed must be >= 0"),
+        (["--seed", "one"], "seed must be an integer"),
+    ],
+)
 def test_cli_bad_input_is_one_line(tiny_root, tmp_path, capsys, args, message):
-    base = ["--dataset", "fashion_mnist", "--profile", "smoke", "--out", str(tmp_path / "x"),
-            "--set", f"data_root={tiny_root}"]
+    base = [
+        "--dataset",
+        "fashion_mnist",
+        "--profile",
+        "smoke",
+        "--out",
+        str(tmp_path / "x"),
+        "--set",
+        f"data_root={tiny_root}",
+    ]
     assert main(base + args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
@@ -297,7 +406,7 @@ def test_run_or_reuse_keys_folders_by_settings_and_reuses_finished_runs(tiny_roo
     folder = tmp_path / "runs" / first["run_dir"].rsplit("/", 1)[-1]
     assert folder.name.startswith("seed0-") and (folder / "metrics.json").exists()
     saved = json.loads((folder / "config.json").read_text())
-    del saved["identity"]["warmup_epochs"]                       # as written before the setting existed
+    del saved["identity"]["warmup_epochs"]  # as written before the setting existed
     (folder / "config.json").write_text(json.dumps(saved))
     messages = []
     again = run_or_reuse(small_config(tiny_root), parent, progress=False, log=messages.append)
@@ -312,8 +421,9 @@ def test_run_or_reuse_keys_folders_by_settings_and_reuses_finished_runs(tiny_roo
 def test_a_setting_added_later_keeps_the_earlier_runs_folder_names():
     from lib.runs import ADDED_SETTINGS, settings_key
     from lib.profiles import config_for
+
     identity = config_for("quick", "fashion_mnist").identity()
-    before = {k: v for k, v in identity.items() if k not in ADDED_SETTINGS}     # as written before they existed
+    before = {k: v for k, v in identity.items() if k not in ADDED_SETTINGS}  # as written before they existed
     assert settings_key(identity) == settings_key(before)
     assert settings_key({**identity, "random_erasing": 0.5}) != settings_key(before)
 
@@ -322,7 +432,7 @@ def test_train_flops_are_three_forward_passes_per_image_seen(tiny_root, tmp_path
     metrics = train(small_config(tiny_root), tmp_path / "run", progress=False, log=lambda *a: None)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     model = train_module.build_model("efficientnetv2_s", 10, 1, **TINY)
-    images = (270 // 32) * 32                                     # drop_last batches of the 270 training images
+    images = (270 // 32) * 32  # drop_last batches of the 270 training images
     expected = [3 * train_module.count_flops(model, h["image_size"], 1) * images for h in history]
     assert [h["train_flops"] for h in history] == expected and metrics["train_flops"] == sum(expected)
 
@@ -332,6 +442,7 @@ def test_ema_warm_up_lets_the_initial_batchnorm_statistics_fade():
     updates; a late BatchNorm's true variance of 0.003 then reads as 0.9 and the average predicts
     at chance. With the warm-up, the average follows the model within those updates."""
     from lib.optim import ema_of
+
     model = train_module.build_model("efficientnetv2_s", 10, 1, **TINY)
     ema = ema_of(model, 0.998)
     norm = model.stages[-1][-1].body[1].bn
@@ -344,4 +455,4 @@ def test_ema_warm_up_lets_the_initial_batchnorm_statistics_fade():
     torch.testing.assert_close(averaged.running_var, norm.running_var, rtol=0.01, atol=0)
     assert averaged.num_batches_tracked == norm.num_batches_tracked
     lag = (model.classifier[1].weight - ema.module.classifier[1].weight).mean().item()
-    assert 0 < lag < 0.1                   # late updates still average (decay ~0.85 at update 50)
+    assert 0 < lag < 0.1  # late updates still average (decay ~0.85 at update 50)

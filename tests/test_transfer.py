@@ -1,5 +1,6 @@
 """Transfer learning without internet: torchvision's weight files are stood in for by torchvision
 models with random weights, saved and loaded through the same path the real files take."""
+
 import json
 import time
 import urllib.error
@@ -14,12 +15,24 @@ from lib.models import build_model
 from lib.notebook import transfer_targets
 from lib.profiles import config_for, study
 from lib.train import train
-from lib.transfer import (WeightsUnavailable, batchnorm_drift, batchnorm_state, build_pretrained,
-                          freeze_backbone, load_pretrained, parse_trainable, pretrained_state_dict,
-                          pretrained_transforms, weights_enum, weights_path)
+from lib.transfer import (
+    WeightsUnavailable,
+    batchnorm_drift,
+    batchnorm_state,
+    build_pretrained,
+    freeze_backbone,
+    load_pretrained,
+    parse_trainable,
+    pretrained_state_dict,
+    pretrained_transforms,
+    weights_enum,
+    weights_path,
+)
 
-TORCHVISION = {"efficientnetv2_s": torchvision.models.efficientnet_v2_s,
-               "efficientnet_b0": torchvision.models.efficientnet_b0}
+TORCHVISION = {
+    "efficientnetv2_s": torchvision.models.efficientnet_v2_s,
+    "efficientnet_b0": torchvision.models.efficientnet_b0,
+}
 TINY = {"width_mult": 0.25, "depth_mult": 0.1, "small_input": True}
 
 
@@ -54,11 +67,13 @@ def offline_hub(tmp_path, monkeypatch):
     def no_network(url, *args, **kwargs):
         calls.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     return tmp_path / "hub" / "checkpoints", calls
 
 
 # ---------------------------------------------------------------- loading
+
 
 def test_loaded_weights_reproduce_torchvision_outputs(saved_weights):
     name, reference, path = saved_weights
@@ -81,6 +96,7 @@ def test_new_head_has_num_classes_and_backbone_is_unchanged(saved_weights):
 
 # ---------------------------------------------------------------- freezing
 
+
 def tiny(num_classes=10):
     torch.manual_seed(0)
     return build_model("efficientnetv2_s", num_classes, **TINY)
@@ -97,13 +113,13 @@ def test_freeze_head_trains_only_the_classifier_and_keeps_batchnorm_frozen():
     assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     before = batchnorm_state(model)
     tracked = model.stem.bn.num_batches_tracked.clone()
-    x = torch.rand(8, 3, 32, 32) * 4 + 2                     # far from the stored statistics
+    x = torch.rand(8, 3, 32, 32) * 4 + 2  # far from the stored statistics
     model(x).sum().backward()
     assert batchnorm_drift(before, model) == 0.0
     assert torch.equal(model.stem.bn.num_batches_tracked, tracked)
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("classifier"))
     assert linear.weight.grad is not None
-    with torch.no_grad():                                    # features: train mode == eval mode
+    with torch.no_grad():  # features: train mode == eval mode
         train_features = model.forward_features(x)
         model.eval()
         torch.testing.assert_close(model.forward_features(x), train_features, rtol=0, atol=0)
@@ -112,7 +128,7 @@ def test_freeze_head_trains_only_the_classifier_and_keeps_batchnorm_frozen():
 
 def test_naive_freeze_drifts_and_all_undoes_the_freeze():
     model = tiny()
-    freeze_backbone(model, "head", bn_eval=False)            # gradients off only: BN keeps learning stats
+    freeze_backbone(model, "head", bn_eval=False)  # gradients off only: BN keeps learning stats
     model.train()
     before = batchnorm_state(model)
     with torch.no_grad():
@@ -144,6 +160,7 @@ def test_bad_trainable_is_one_line(bad):
 
 
 # ---------------------------------------------------------------- weights files, offline
+
 
 def test_offline_failure_is_one_quick_line(offline_hub):
     folder, calls = offline_hub
@@ -188,6 +205,7 @@ def test_unknown_model_is_one_line():
 
 # ---------------------------------------------------------------- preprocessing
 
+
 def test_pretrained_transforms_of_v2_s():
     t = pretrained_transforms("efficientnetv2_s")
     assert (t.resize_size, t.crop_size, t.interpolation) == (384, 384, "bilinear")
@@ -209,6 +227,7 @@ def test_grey_images_are_repeated_to_three_channels():
 
 # ---------------------------------------------------------------- fine-tuning: a setting of the one trainer
 
+
 @pytest.fixture
 def cached_b0(offline_hub):
     """torchvision's B0 file stood in for by random weights, where torchvision looks for it."""
@@ -227,8 +246,18 @@ def cifar_root(tmp_path):
 
 
 def fine_tune_config(root, trainable, **overrides):
-    return config_for("smoke", "cifar10", "transfer", data_root=str(root), trainable=trainable, epochs=2,
-                      batch_size=16, limit=None, val_fraction=0.2, **overrides)
+    return config_for(
+        "smoke",
+        "cifar10",
+        "transfer",
+        data_root=str(root),
+        trainable=trainable,
+        epochs=2,
+        batch_size=16,
+        limit=None,
+        val_fraction=0.2,
+        **overrides,
+    )
 
 
 def test_fine_tuning_the_head_keeps_the_backbone_and_writes_metrics(cached_b0, cifar_root, tmp_path):
@@ -239,18 +268,19 @@ def test_fine_tuning_the_head_keeps_the_backbone_and_writes_metrics(cached_b0, c
     assert metrics["trainable_params"] == 10 * 1280 + 10 and metrics["steps"] == 2 * (80 // 16)
     tuned = torch.load(tmp_path / "head" / "model.pt", weights_only=True)
     theirs = list(reference.state_dict().values())
-    for (key, value), original in zip(list(tuned.items())[:-2], theirs[:-2]):   # BN statistics included
+    for (key, value), original in zip(list(tuned.items())[:-2], theirs[:-2]):  # BN statistics included
         assert torch.equal(value, original), key
     assert not torch.equal(tuned["classifier.1.weight"], build_model("efficientnet_b0", 10).classifier[1].weight)
     config = json.loads((tmp_path / "head" / "config.json").read_text())
-    assert config["notes"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]      # the weights' own
+    assert config["notes"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]  # the weights' own
     assert config["notes"]["frozen"]["frozen_bn"] > 0
 
 
 def test_fine_tuning_everything_updates_the_backbone(cached_b0, cifar_root, tmp_path):
     reference, _ = cached_b0
-    metrics = train(fine_tune_config(cifar_root, "all", max_steps=2), tmp_path / "all", progress=False,
-                    log=lambda *a: None)
+    metrics = train(
+        fine_tune_config(cifar_root, "all", max_steps=2), tmp_path / "all", progress=False, log=lambda *a: None
+    )
     assert metrics["trainable_params"] == metrics["num_params"] and metrics["steps"] == 2
     tuned = torch.load(tmp_path / "all" / "model.pt", weights_only=True)
     assert not torch.equal(tuned["stem.conv.weight"], reference.features[0][0].weight)

@@ -33,8 +33,10 @@ def check_input_size(model: nn.Module, size: int, where: str = "") -> None:
     minimum = getattr(model, "min_input_size", 1)
     if int(size) < minimum:
         name = getattr(model, "name", "this model")
-        raise ValueError(f"image size {size} px{where} is below {name}'s minimum {minimum} px "
-                         f"(upsample the images, or build with small_input=True)")
+        raise ValueError(
+            f"image size {size} px{where} is below {name}'s minimum {minimum} px "
+            f"(upsample the images, or build with small_input=True)"
+        )
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -71,14 +73,15 @@ class _SmallMapDepthwise(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
-                grad, xx, ww, None, [s, s], [p, p], [1, 1], False, [0, 0], channels, [True, False, False])[0]
+                grad, xx, ww, None, [s, s], [p, p], [1, 1], False, [0, 0], channels, [True, False, False]
+            )[0]
             grad_x = grad_x.to(x.dtype)
         if ctx.needs_input_grad[1]:
             padded, (h, w) = F.pad(xx, (p, p, p, p)), grad.shape[-2:]
             taps = grad.new_empty(channels, k * k)
             for i in range(k):
                 for j in range(k):
-                    window = padded[:, :, i:i + s * (h - 1) + 1:s, j:j + s * (w - 1) + 1:s]
+                    window = padded[:, :, i : i + s * (h - 1) + 1 : s, j : j + s * (w - 1) + 1 : s]
                     taps[:, i * k + j] = (grad * window).sum((0, 2, 3))
             grad_w = taps.view_as(weight).to(weight.dtype)
         return grad_x, grad_w, None, None
@@ -90,8 +93,12 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.kernel_size[0]
-        if (x.device.type == "cpu" and torch.is_grad_enabled() and self.bias is None
-                and (x.shape[-2] < k or x.shape[-1] < k)):
+        if (
+            x.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and self.bias is None
+            and (x.shape[-2] < k or x.shape[-1] < k)
+        ):
             return _SmallMapDepthwise.apply(x, self.weight, self.stride[0], self.padding[0])
         return super().forward(x)
 
@@ -99,8 +106,17 @@ class DepthwiseConv2d(nn.Conv2d):
 class ConvBNAct(nn.Sequential):
     """Conv (no bias, 'same' padding for odd kernels) -> BatchNorm -> optional SiLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-                 act: bool = True, bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = BN_MOMENTUM,
+    ):
         super().__init__()
         conv = DepthwiseConv2d if groups > 1 and groups == in_ch == out_ch else nn.Conv2d
         self.conv = conv(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False)
@@ -163,8 +179,7 @@ class _ResidualBlock(nn.Module):
 
     kind = "?"
 
-    def _init_common(self, in_ch, out_ch, expand, kernel, stride, se_ratio, depth_fraction,
-                     drop_path_rate):
+    def _init_common(self, in_ch, out_ch, expand, kernel, stride, se_ratio, depth_fraction, drop_path_rate):
         self.in_ch, self.out_ch, self.expand = in_ch, out_ch, expand
         self.kernel, self.stride, self.se_ratio = kernel, stride, se_ratio
         self.has_residual = stride == 1 and in_ch == out_ch
@@ -187,12 +202,21 @@ class MBConv(_ResidualBlock):
 
     kind = "mb"
 
-    def __init__(self, in_ch: int, out_ch: int, expand: int, kernel: int, stride: int,
-                 se_ratio: float, depth_fraction: float = 0.0, drop_path_rate: float = 0.0,
-                 bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        expand: int,
+        kernel: int,
+        stride: int,
+        se_ratio: float,
+        depth_fraction: float = 0.0,
+        drop_path_rate: float = 0.0,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = BN_MOMENTUM,
+    ):
         super().__init__()
-        self._init_common(in_ch, out_ch, expand, kernel, stride, se_ratio, depth_fraction,
-                          drop_path_rate)
+        self._init_common(in_ch, out_ch, expand, kernel, stride, se_ratio, depth_fraction, drop_path_rate)
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         hidden = make_divisible(in_ch * expand)
         layers = []
@@ -215,12 +239,21 @@ class FusedMBConv(_ResidualBlock):
 
     kind = "fused"
 
-    def __init__(self, in_ch: int, out_ch: int, expand: int, kernel: int, stride: int,
-                 se_ratio: float = 0.0, depth_fraction: float = 0.0, drop_path_rate: float = 0.0,
-                 bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        expand: int,
+        kernel: int,
+        stride: int,
+        se_ratio: float = 0.0,
+        depth_fraction: float = 0.0,
+        drop_path_rate: float = 0.0,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = BN_MOMENTUM,
+    ):
         super().__init__()
-        self._init_common(in_ch, out_ch, expand, kernel, stride, se_ratio, depth_fraction,
-                          drop_path_rate)
+        self._init_common(in_ch, out_ch, expand, kernel, stride, se_ratio, depth_fraction, drop_path_rate)
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         squeeze = max(1, int(in_ch * se_ratio))
         if expand == 1:

@@ -25,8 +25,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 def _meta_forward(model: nn.Module, image_size: int, in_channels: int):
     """Eval-mode forward of a batch of one image on the meta device; restores the mode."""
-    tensors = {name: torch.empty_like(t, device="meta")
-               for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    tensors = {
+        name: torch.empty_like(t, device="meta") for name, t in [*model.named_parameters(), *model.named_buffers()]
+    }
     x = torch.empty(1, in_channels, image_size, image_size, device="meta")
     was_training = model.training
     model.eval()
@@ -46,12 +47,15 @@ def count_flops(model: nn.Module, image_size: int, in_channels: int = 3) -> int:
     return int(counter.get_total_flops())
 
 
-def feature_map_sizes(model: nn.Module, image_size: int, modules: list[nn.Module],
-                      in_channels: int | None = None) -> list[int]:
+def feature_map_sizes(
+    model: nn.Module, image_size: int, modules: list[nn.Module], in_channels: int | None = None
+) -> list[int]:
     """Spatial size (height) of each module's output for a square ``image_size`` input."""
     sizes: dict[int, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: sizes.__setitem__(i, out.shape[-2]))
-             for i, m in enumerate(modules)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, i=i: sizes.__setitem__(i, out.shape[-2]))
+        for i, m in enumerate(modules)
+    ]
     try:
         _meta_forward(model, int(image_size), in_channels or getattr(model, "in_channels", 3))
     finally:

@@ -25,51 +25,51 @@ from .regularization import ScheduledRegularization
 class StageRow:
     """One row of paper Table 4: ``layers`` blocks; the first has ``stride``, the rest stride 1."""
 
-    block: str        # "fused" (Fused-MBConv) or "mb" (MBConv)
-    expand: int       # expansion ratio e
-    kernel: int       # k x k
+    block: str  # "fused" (Fused-MBConv) or "mb" (MBConv)
+    expand: int  # expansion ratio e
+    kernel: int  # k x k
     stride: int
-    out: int          # output channels
-    layers: int       # number of blocks
-    se: float         # squeeze-and-excitation ratio of the block *input* channels; 0 = no SE
+    out: int  # output channels
+    layers: int  # number of blocks
+    se: float  # squeeze-and-excitation ratio of the block *input* channels; 0 = no SE
 
 
 #                     block  e  k  s    c    n    se
 EFFICIENTNETV2_S = (
-    StageRow("fused", 1, 3, 1,  24,  2, 0.00),
-    StageRow("fused", 4, 3, 2,  48,  4, 0.00),
-    StageRow("fused", 4, 3, 2,  64,  4, 0.00),
-    StageRow("mb",    4, 3, 2, 128,  6, 0.25),
-    StageRow("mb",    6, 3, 1, 160,  9, 0.25),
-    StageRow("mb",    6, 3, 2, 256, 15, 0.25),
+    StageRow("fused", 1, 3, 1, 24, 2, 0.00),
+    StageRow("fused", 4, 3, 2, 48, 4, 0.00),
+    StageRow("fused", 4, 3, 2, 64, 4, 0.00),
+    StageRow("mb", 4, 3, 2, 128, 6, 0.25),
+    StageRow("mb", 6, 3, 1, 160, 9, 0.25),
+    StageRow("mb", 6, 3, 2, 256, 15, 0.25),
 )
 
 EFFICIENTNETV2_M = (
-    StageRow("fused", 1, 3, 1,  24,  3, 0.00),
-    StageRow("fused", 4, 3, 2,  48,  5, 0.00),
-    StageRow("fused", 4, 3, 2,  80,  5, 0.00),
-    StageRow("mb",    4, 3, 2, 160,  7, 0.25),
-    StageRow("mb",    6, 3, 1, 176, 14, 0.25),
-    StageRow("mb",    6, 3, 2, 304, 18, 0.25),
-    StageRow("mb",    6, 3, 1, 512,  5, 0.25),
+    StageRow("fused", 1, 3, 1, 24, 3, 0.00),
+    StageRow("fused", 4, 3, 2, 48, 5, 0.00),
+    StageRow("fused", 4, 3, 2, 80, 5, 0.00),
+    StageRow("mb", 4, 3, 2, 160, 7, 0.25),
+    StageRow("mb", 6, 3, 1, 176, 14, 0.25),
+    StageRow("mb", 6, 3, 2, 304, 18, 0.25),
+    StageRow("mb", 6, 3, 1, 512, 5, 0.25),
 )
 
 EFFICIENTNETV2_L = (
-    StageRow("fused", 1, 3, 1,  32,  4, 0.00),
-    StageRow("fused", 4, 3, 2,  64,  7, 0.00),
-    StageRow("fused", 4, 3, 2,  96,  7, 0.00),
-    StageRow("mb",    4, 3, 2, 192, 10, 0.25),
-    StageRow("mb",    6, 3, 1, 224, 19, 0.25),
-    StageRow("mb",    6, 3, 2, 384, 25, 0.25),
-    StageRow("mb",    6, 3, 1, 640,  7, 0.25),
+    StageRow("fused", 1, 3, 1, 32, 4, 0.00),
+    StageRow("fused", 4, 3, 2, 64, 7, 0.00),
+    StageRow("fused", 4, 3, 2, 96, 7, 0.00),
+    StageRow("mb", 4, 3, 2, 192, 10, 0.25),
+    StageRow("mb", 6, 3, 1, 224, 19, 0.25),
+    StageRow("mb", 6, 3, 2, 384, 25, 0.25),
+    StageRow("mb", 6, 3, 1, 640, 7, 0.25),
 )
 
 # EfficientNet-B0 (V1 paper Table 1): MBConv everywhere, kernel 5 in stages 3, 5, 6.
 EFFICIENTNET_B0 = (
-    StageRow("mb", 1, 3, 1,  16, 1, 0.25),
-    StageRow("mb", 6, 3, 2,  24, 2, 0.25),
-    StageRow("mb", 6, 5, 2,  40, 2, 0.25),
-    StageRow("mb", 6, 3, 2,  80, 3, 0.25),
+    StageRow("mb", 1, 3, 1, 16, 1, 0.25),
+    StageRow("mb", 6, 3, 2, 24, 2, 0.25),
+    StageRow("mb", 6, 5, 2, 40, 2, 0.25),
+    StageRow("mb", 6, 3, 2, 80, 3, 0.25),
     StageRow("mb", 6, 5, 1, 112, 3, 0.25),
     StageRow("mb", 6, 5, 2, 192, 4, 0.25),
     StageRow("mb", 6, 3, 1, 320, 1, 0.25),
@@ -114,21 +114,30 @@ B_COEFFICIENTS = {
     "efficientnet_b7": (2.0, 3.1, 600, 0.5),
 }
 for _name, (_w, _d, _r, _p) in B_COEFFICIENTS.items():
-    VARIANTS[_name] = Variant(EFFICIENTNET_B0, stem=32, head=1280, dropout=_p, resolution=_r,
-                              width_mult=_w, depth_mult=_d,
-                              bn_eps=1e-5 if int(_name[-1]) <= 4 else 1e-3)
+    VARIANTS[_name] = Variant(
+        EFFICIENTNET_B0,
+        stem=32,
+        head=1280,
+        dropout=_p,
+        resolution=_r,
+        width_mult=_w,
+        depth_mult=_d,
+        bn_eps=1e-5 if int(_name[-1]) <= 4 else 1e-3,
+    )
 
 
 # --------------------------------------------------------------------------- table edits
 
-def scale_table(table: Sequence[StageRow], width_mult: float = 1.0,
-                depth_mult: float = 1.0) -> tuple[StageRow, ...]:
+
+def scale_table(table: Sequence[StageRow], width_mult: float = 1.0, depth_mult: float = 1.0) -> tuple[StageRow, ...]:
     """Compound scaling (EfficientNet V1): channels -> make_divisible(c * width, 8) with the 10%
     rule; layers -> ceil(n * depth). ``depth_mult=0.5`` halves every stage (rounding up),
     ``depth_mult=0.1`` leaves one block per stage."""
     check_multipliers(width_mult, depth_mult)
-    return tuple(replace(row, out=make_divisible(row.out * width_mult),
-                         layers=math.ceil(row.layers * depth_mult)) for row in table)
+    return tuple(
+        replace(row, out=make_divisible(row.out * width_mult), layers=math.ceil(row.layers * depth_mult))
+        for row in table
+    )
 
 
 def check_multipliers(width_mult: float, depth_mult: float) -> None:
@@ -157,8 +166,10 @@ def parse_fused_stages(fused: str | Iterable[int], num_stages: int) -> frozenset
             last = int(key.split("-")[1])
             fused = range(1, last + 1)
         else:
-            raise ValueError(f"unknown fused-stage setting {fused!r}; use one of "
-                             f"{PAPER_FUSED_SETTINGS + ('all',)} or a list of stage indices")
+            raise ValueError(
+                f"unknown fused-stage setting {fused!r}; use one of "
+                f"{PAPER_FUSED_SETTINGS + ('all',)} or a list of stage indices"
+            )
     stages = frozenset(int(i) for i in fused)
     bad = sorted(i for i in stages if not 1 <= i <= num_stages)
     if bad:
@@ -166,9 +177,13 @@ def parse_fused_stages(fused: str | Iterable[int], num_stages: int) -> frozenset
     return stages
 
 
-def with_fused_stages(table: Sequence[StageRow], fused: str | Iterable[int],
-                      fused_se: float = 0.0, mb_se: float = 0.25,
-                      fused_kernel: int | None = None) -> tuple[StageRow, ...]:
+def with_fused_stages(
+    table: Sequence[StageRow],
+    fused: str | Iterable[int],
+    fused_se: float = 0.0,
+    mb_se: float = 0.25,
+    fused_kernel: int | None = None,
+) -> tuple[StageRow, ...]:
     """Paper Table 3 as a table edit: stages in ``fused`` (1-based) become Fused-MBConv, all
     others MBConv. Converted rows keep e, s, c, n; a row that changes kind gets that kind's
     SE ratio (``fused_se``: 0 as in EfficientNetV2; ``mb_se``: 0.25). Unchanged rows are kept.
@@ -190,6 +205,7 @@ def with_fused_stages(table: Sequence[StageRow], fused: str | Iterable[int],
 
 # --------------------------------------------------------------------------- the network
 
+
 class EfficientNet(ScheduledRegularization, nn.Module):
     """Stem -> stages (from a table) -> head -> pool -> dropout -> linear.
 
@@ -198,9 +214,19 @@ class EfficientNet(ScheduledRegularization, nn.Module):
     follows from the total stride (``blocks.min_input_size``).
     """
 
-    def __init__(self, table: Sequence[StageRow], num_classes: int, stem: int, head: int = 1280,
-                 in_channels: int = 3, dropout: float = 0.2, drop_path_rate: float = 0.2,
-                 bn_eps: float = 1e-3, bn_momentum: float = BN_MOMENTUM, stem_stride: int = 2):
+    def __init__(
+        self,
+        table: Sequence[StageRow],
+        num_classes: int,
+        stem: int,
+        head: int = 1280,
+        in_channels: int = 3,
+        dropout: float = 0.2,
+        drop_path_rate: float = 0.2,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = BN_MOMENTUM,
+        stem_stride: int = 2,
+    ):
         super().__init__()
         self.table = tuple(table)
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -210,15 +236,24 @@ class EfficientNet(ScheduledRegularization, nn.Module):
         for row in table:
             blocks = []
             for j in range(row.layers):
-                blocks.append(BLOCKS[row.block](
-                    channels, row.out, row.expand, row.kernel, row.stride if j == 0 else 1,
-                    row.se, depth_fraction=index / total, drop_path_rate=drop_path_rate, **bn))
+                blocks.append(
+                    BLOCKS[row.block](
+                        channels,
+                        row.out,
+                        row.expand,
+                        row.kernel,
+                        row.stride if j == 0 else 1,
+                        row.se,
+                        depth_fraction=index / total,
+                        drop_path_rate=drop_path_rate,
+                        **bn,
+                    )
+                )
                 channels, index = row.out, index + 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.head = ConvBNAct(channels, head, 1, **bn)
-        self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True),
-                                        nn.Linear(head, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), nn.Linear(head, num_classes))
         self.in_channels, self.num_classes = in_channels, num_classes
         self.dropout, self.drop_path_rate = float(dropout), float(drop_path_rate)
         self.total_stride = stem_stride * math.prod(row.stride for row in table)
@@ -250,11 +285,20 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_efficientnet(name: str, num_classes: int, in_channels: int = 3, *,
-                       dropout: float | None = None, drop_path_rate: float | None = None,
-                       width_mult: float | None = None, depth_mult: float | None = None,
-                       fused_stages: str | Iterable[int] | None = None, small_input: bool = False,
-                       bn_eps: float | None = None, bn_momentum: float | None = None) -> EfficientNet:
+def build_efficientnet(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    dropout: float | None = None,
+    drop_path_rate: float | None = None,
+    width_mult: float | None = None,
+    depth_mult: float | None = None,
+    fused_stages: str | Iterable[int] | None = None,
+    small_input: bool = False,
+    bn_eps: float | None = None,
+    bn_momentum: float | None = None,
+) -> EfficientNet:
     """Build a named variant; every keyword overrides the variant's default.
 
     ``width_mult`` / ``depth_mult`` replace the variant's compound-scaling coefficients (1.0 for
@@ -280,16 +324,21 @@ def build_efficientnet(name: str, num_classes: int, in_channels: int = 3, *,
     table = v.table if fused_stages is None else with_fused_stages(v.table, fused_stages)
     table = scale_table(table, width, depth)
     return EfficientNet(
-        table, num_classes, stem=make_divisible(v.stem * width),
-        head=make_divisible(v.head * width), in_channels=in_channels,
+        table,
+        num_classes,
+        stem=make_divisible(v.stem * width),
+        head=make_divisible(v.head * width),
+        in_channels=in_channels,
         dropout=v.dropout if dropout is None else dropout,
         drop_path_rate=v.drop_path_rate if drop_path_rate is None else drop_path_rate,
         bn_eps=v.bn_eps if bn_eps is None else bn_eps,
         bn_momentum=BN_MOMENTUM if bn_momentum is None else bn_momentum,
-        stem_stride=1 if small_input else 2)
+        stem_stride=1 if small_input else 2,
+    )
 
 
 # --------------------------------------------------------------------------- inspection
+
 
 def describe_stages(model: EfficientNet, image_size: int | None = None) -> list[dict]:
     """Paper Table 4 read back from a built model (not from its table literal).
@@ -297,19 +346,48 @@ def describe_stages(model: EfficientNet, image_size: int | None = None) -> list[
     One dict per stage: operator, expansion, kernel, stride, SE ratio, channels, layers, and,
     when ``image_size`` is given, the output resolution (measured by a meta-device forward).
     """
-    rows = [dict(stage=0, operator="Conv3x3", expand=None, kernel=3,
-                 stride=model.stem.conv.stride[0], se=0.0,
-                 channels=model.stem.conv.out_channels, layers=1)]
+    rows = [
+        dict(
+            stage=0,
+            operator="Conv3x3",
+            expand=None,
+            kernel=3,
+            stride=model.stem.conv.stride[0],
+            se=0.0,
+            channels=model.stem.conv.out_channels,
+            layers=1,
+        )
+    ]
     for i, stage in enumerate(model.stages, start=1):
         first = stage[0]
         name = "Fused-MBConv" if first.kind == "fused" else "MBConv"
-        rows.append(dict(stage=i, operator=f"{name}{first.expand}, k{first.kernel}x{first.kernel}",
-                         expand=first.expand, kernel=first.kernel, stride=first.stride,
-                         se=first.se_ratio, channels=first.out_ch, layers=len(stage)))
-    rows.append(dict(stage=len(rows), operator="Conv1x1 & Pooling & FC", expand=None, kernel=1,
-                     stride=1, se=0.0, channels=model.head.conv.out_channels, layers=1))
+        rows.append(
+            dict(
+                stage=i,
+                operator=f"{name}{first.expand}, k{first.kernel}x{first.kernel}",
+                expand=first.expand,
+                kernel=first.kernel,
+                stride=first.stride,
+                se=first.se_ratio,
+                channels=first.out_ch,
+                layers=len(stage),
+            )
+        )
+    rows.append(
+        dict(
+            stage=len(rows),
+            operator="Conv1x1 & Pooling & FC",
+            expand=None,
+            kernel=1,
+            stride=1,
+            se=0.0,
+            channels=model.head.conv.out_channels,
+            layers=1,
+        )
+    )
     if image_size is not None:
         from .counting import feature_map_sizes
+
         sizes = feature_map_sizes(model, image_size, [model.stem, *model.stages, model.head])
         for row, size in zip(rows, sizes):
             row["resolution"] = size

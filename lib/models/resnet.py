@@ -26,14 +26,20 @@ RESNETS = {
 
 
 class ResNet(ScheduledRegularization, _TorchvisionResNet):
-    def __init__(self, layers, width_per_group: int, num_classes: int, in_channels: int = 3,
-                 small_input: bool = False, dropout: float = 0.0, bn_momentum: float | None = None):
-        super().__init__(Bottleneck, layers, num_classes=num_classes,
-                         width_per_group=width_per_group)
+    def __init__(
+        self,
+        layers,
+        width_per_group: int,
+        num_classes: int,
+        in_channels: int = 3,
+        small_input: bool = False,
+        dropout: float = 0.0,
+        bn_momentum: float | None = None,
+    ):
+        super().__init__(Bottleneck, layers, num_classes=num_classes, width_per_group=width_per_group)
         if small_input or in_channels != 3:
             kernel, stride = (3, 1) if small_input else (7, 2)
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel, stride, padding=kernel // 2,
-                                   bias=False)
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel, stride, padding=kernel // 2, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         if small_input:
             self.maxpool = nn.Identity()
@@ -42,7 +48,7 @@ class ResNet(ScheduledRegularization, _TorchvisionResNet):
         self.dropout, self.drop_path_rate = float(dropout), 0.0
         self.total_stride = 8 if small_input else 32
         self.min_input_size = min_input_size(self.total_stride)
-        if bn_momentum is not None:            # torchvision's default is PyTorch's 0.1
+        if bn_momentum is not None:  # torchvision's default is PyTorch's 0.1
             for m in self.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.momentum = bn_momentum
@@ -52,9 +58,16 @@ class ResNet(ScheduledRegularization, _TorchvisionResNet):
         return super().forward(x)
 
 
-def build_resnet(name: str, num_classes: int, in_channels: int = 3, *, dropout: float = 0.0,
-                 drop_path_rate: float = 0.0, small_input: bool = False,
-                 bn_momentum: float | None = None) -> ResNet:
+def build_resnet(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    dropout: float = 0.0,
+    drop_path_rate: float = 0.0,
+    small_input: bool = False,
+    bn_momentum: float | None = None,
+) -> ResNet:
     if name not in RESNETS:
         raise ValueError(f"unknown ResNet {name!r}; known: {sorted(RESNETS)}")
     if in_channels < 1:

@@ -30,8 +30,9 @@ def _kind(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
-def load_torchvision_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
-                             skip_classifier: bool = False) -> dict[str, str]:
+def load_torchvision_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, skip_classifier: bool = False
+) -> dict[str, str]:
     """Copy ``state_dict`` into ``model`` by position; return {our key: torchvision key}.
 
     Raises ValueError (and changes nothing) on a different tensor count, shape or kind.
@@ -41,20 +42,21 @@ def load_torchvision_weights(model: nn.Module, state_dict: Mapping[str, torch.Te
     if skip_classifier:
         for name, items in (("model", ours), ("state_dict", theirs)):
             if len(items) < 2 or items[-2][1].ndim != 2 or items[-1][1].ndim != 1:
-                raise ValueError(f"skip_classifier: the {name}'s last tensors are not a Linear "
-                                 f"layer's weight and bias")
+                raise ValueError(f"skip_classifier: the {name}'s last tensors are not a Linear layer's weight and bias")
         ours, theirs = ours[:-2], theirs[:-2]
     if len(ours) != len(theirs):
-        raise ValueError(f"state_dict has {len(theirs)} tensors but the model has {len(ours)}: "
-                         f"not the same architecture")
+        raise ValueError(
+            f"state_dict has {len(theirs)} tensors but the model has {len(ours)}: not the same architecture"
+        )
     mapping, new_state = {}, {}
     for index, ((key, value), (tkey, tvalue)) in enumerate(zip(ours, theirs)):
         if value.shape != tvalue.shape or _kind(key) != _kind(tkey):
             hint = ""
             if index >= len(ours) - 2 and not skip_classifier:
                 hint = " (classifier differs: pass skip_classifier=True to load all but the head)"
-            raise ValueError(f"tensor {index}: ours {key} {tuple(value.shape)} vs torchvision "
-                             f"{tkey} {tuple(tvalue.shape)}{hint}")
+            raise ValueError(
+                f"tensor {index}: ours {key} {tuple(value.shape)} vs torchvision {tkey} {tuple(tvalue.shape)}{hint}"
+            )
         mapping[key], new_state[key] = tkey, tvalue
     result = model.load_state_dict(new_state, strict=False)
     assert not result.unexpected_keys
