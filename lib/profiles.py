@@ -300,9 +300,12 @@ _REGULARIZATION = {
     "schedule": {"num_stages": 1, "size": [28, 28], "weight_decay": 5e-4},
 }
 _REGULARIZATION_ARMS = {
-    f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}}
+    name: arm
     for size in (20, 28)
-    for m in (5, 15)
+    for name, arm in {
+        f"{size} px, no RandAugment": {"image_size": size, "randaug_ops": 0},
+        **{f"{size} px, RandAugment {m}": {"image_size": size, "schedule": {"randaug_magnitude": m}} for m in (5, 15)},
+    }.items()
 }
 # What each notebook's experiments train on a CPU (the quick and laptop profiles share them), sized
 # to `make reproduce`'s time budget on a 2-core CPU (README). ``floor``: the Fashion-MNIST test
