@@ -185,6 +185,7 @@ class Training:
     aside: bool = False  # an old run waits in .replaced/ for our first checkpoint
     resumed_at: int | None = None  # the epoch (1-based) this process resumed at, if it did
     position: dict | None = None  # where a stopped run stood inside its epoch, until that epoch resumes
+    switch: dict = field(default_factory=dict)  # this epoch's readings at its size change (change_size)
     started: float = field(default_factory=time.perf_counter)
     flops_per_image: dict = field(default_factory=dict)  # image size -> forward FLOPs of one image
 
@@ -250,11 +251,11 @@ def train(
                         + (f" (compilations so far: {t.compiler.compilations})" if t.compiler.backend else "")
                     )
                     current = stage
-                # a run resumed inside an epoch made its size change before it stopped (that row's
-                # readings are lost with the stop; the remedies themselves are in the checkpoint)
-                switch = change_size(t, epoch, log) if t.position is None else {}
+                # a run resumed inside an epoch made its size change before it stopped: its readings
+                # come back from the checkpoint, as do the remedies' effects on the weights
+                t.switch = change_size(t, epoch, log) if t.position is None else t.position.get("switch", {})
                 row = train_one_epoch(t, stage, epoch, folder, progress, stop)
-                end_epoch(t, folder, stage, epoch, {**row, **switch}, log)
+                end_epoch(t, folder, stage, epoch, {**row, **t.switch}, log)
                 if signum := stop.requested(ctx):
                     raise Stopped(signum, f"stopped by {signal_name(signum)} at the end of epoch {epoch + 1}")
                 if config.max_steps is not None and t.steps >= config.max_steps:
@@ -659,6 +660,7 @@ def stop_inside_epoch(
             "ranks": ranks,
             "seconds": seconds,
             "elapsed_seconds": time.perf_counter() - t.started,
+            "switch": dict(t.switch),
         }
         path = folder.save_checkpoint(state, t.config.keep_checkpoints)
         if t.aside:
