@@ -264,10 +264,14 @@ def study_runs(
 
     A ``kept`` study (longer than ``make reproduce`` has) shows the finished runs found under
     ``records`` (``figures/records/<dataset>``) and ``runs_root`` and trains nothing, unless ``retrain``;
-    any other study trains what is missing (seconds on the smoke profile)."""
+    any other study trains what is missing (seconds on the smoke profile). A kept study reads its own
+    records first (``records/<profile>/<name>``), so that its table shows the runs that were timed
+    together, not a run of the same settings made elsewhere (this notebook's main run, another study)."""
     plan = study(profile, name)
     kept = plan.get("kept", False) and not retrain
     seeds = list(range(plan["seeds"]))
+    own = sorted(Path(records).glob(f"*/{name}")) if kept else []
+    roots = [*own, Path(records), Path(runs_root)] if kept else [Path(runs_root), Path(records)]
     runs = run_arms(
         profile,
         dataset,
@@ -276,7 +280,7 @@ def study_runs(
         seeds,
         Path(runs_root) / name,
         retrain=retrain,
-        reuse_from=[Path(runs_root), Path(records)],
+        reuse_from=roots,
         train_missing=not kept,
         log=log,
         **shared,
