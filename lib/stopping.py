@@ -10,6 +10,7 @@ writes are atomic (``lib/runs.py``), so that leaves no partial file.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -35,6 +36,10 @@ class Stopped(KeyboardInterrupt):
         return self.message + (f"; checkpoint {display_path(self.checkpoint)}" if self.checkpoint else "")
 
 
+def _exit_with_code(signum, frame) -> None:
+    os._exit(128 + signum)  # the checkpoint is whole already (written, then a barrier)
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
@@ -46,9 +51,10 @@ class Stop:
     as ignored (``nohup``, a background job's SIGINT): that one stays ignored.
     """
 
-    def __init__(self):
+    def __init__(self, launched: bool = False):
         self.signum: int | None = None
         self.deferring = False
+        self.launched = launched  # one of several processes under torchrun (see uninstall)
         self._previous = {}
 
     def install(self) -> "Stop":
@@ -61,8 +67,14 @@ class Stop:
         return self
 
     def uninstall(self) -> None:
+        """Put the previous handlers back. Under torchrun, when the run is stopping (a signal came,
+        here or in another process), a signal from now on exits at once with the stop's code
+        instead: the launcher sends SIGTERM to every process still running once one has exited,
+        and a process still tearing down would otherwise die of it (-15) instead of exiting 143.
+        A single process (a terminal, a notebook's kernel) gets its own handlers back."""
+        leaving = self.launched and self.signum is not None
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            signal.signal(sig, _exit_with_code if leaving else previous)
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:

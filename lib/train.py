@@ -222,7 +222,7 @@ def train(
     folder = RunFolder(out)
     ctx = distributed.setup(config.device)
     log = log if ctx.is_main else (lambda *a, **k: None)
-    stop = Stop()  # SIGTERM, SIGINT: at once here, at the next step boundary in the loop
+    stop = Stop(launched=ctx.world_size > 1)  # SIGTERM, SIGINT: at once here, at the next step boundary in the loop
     t = None
     try:
         stop.install()
@@ -955,6 +955,13 @@ def main(
     except Stopped as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"{e}; {resume_hint(e, sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # under torchrun, leave now: once one process has exited the launcher sends SIGTERM to
+            # the others, and during Python's shutdown (default handlers again) that would kill one
+            # (-15) instead of letting it exit with the stop's code like the rest
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: resume with the same command plus --resume", file=sys.stderr)
