@@ -870,26 +870,16 @@ def _numbers(value):
     return value
 
 
-def main(
-    argv: list[str] | None = None, *, prog: str = "python -m lib.train", description: str | None = None, run=None
-) -> int:
-    """The command line: settings from arguments, then ``train``, with every refusal in one line.
-
-    ``run(config, out)`` replaces training, without ``--resume``/``--overwrite``: ``python -m
-    lib.preflight`` passes its own, so the preflight builds on the trainer and not both ways.
-    """
+def _parser(prog: str, description: str | None, run) -> argparse.ArgumentParser:
+    """The command line's arguments; ``--resume``/``--overwrite`` only when it trains."""
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="fashion_mnist, cifar10, cifar100 or an image folder")
     p.add_argument("--profile", default="quick", help="smoke, quick, laptop or paper")
     p.add_argument("--study", help="a notebook study's settings on top of the profile's (baselines, ablations, ...)")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, config)")
     p.add_argument("--model", help="override the profile's model, e.g. efficientnetv2_m")
-    p.add_argument("--epochs")
-    p.add_argument("--batch-size")
-    p.add_argument("--lr")
-    p.add_argument("--optimizer")
-    p.add_argument("--scheduler")
-    p.add_argument("--device")
+    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--scheduler", "--device"):
+        p.add_argument(flag)
     p.add_argument(
         "--seed", help="initial weights, validation split, data order and augmentation draws (the test set is fixed)"
     )
@@ -913,38 +903,60 @@ def main(
         p.add_argument(
             "--overwrite", action="store_true", help="replace the run in --out (kept until the new one checkpoints)"
         )
-    args = p.parse_args(argv)
+    return p
+
+
+_WHOLE_FLAGS = ("model", "epochs", "batch_size", "lr", "optimizer", "scheduler", "device", "compile", "seed")
+
+
+def _settings(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings: the profile's, then the flags (each sets a setting whole), then ``--set``
+    (``key=value`` sets one whole, ``key.sub=value`` edits one entry)."""
+    whole = {
+        k: parse_value(v) if isinstance(v, str) else v for k in _WHOLE_FLAGS if (v := getattr(args, k)) is not None
+    }
+    edits = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        path = [part.strip() for part in key.split(".")]
+        if not sep or not all(path):
+            raise ValueError(f"--set expects KEY=VALUE or KEY.SUB=VALUE, got {item!r}")
+        if len(path) == 1 and path[0] != "image_size":
+            whole[path[0]] = parse_value(value)
+            continue
+        target = edits
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = parse_value(value)
+    return config_for(args.profile, args.dataset, args.study, whole=whole, **edits)
+
+
+def _leave_stopped(stopped: Stopped, argv: list[str]) -> int:
+    """Say how to resume (rank 0), and the exit code of a stop."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{stopped}; {resume_hint(stopped, argv)}", file=sys.stderr)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # under torchrun, leave now: once one process has exited the launcher sends SIGTERM to
+        # the others, and during Python's shutdown (default handlers again) that would kill one
+        # (-15) instead of letting it exit with the stop's code like the rest
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stopped.exit_code)
+    return stopped.exit_code
+
+
+def main(
+    argv: list[str] | None = None, *, prog: str = "python -m lib.train", description: str | None = None, run=None
+) -> int:
+    """The command line: settings from arguments, then ``train``, with every refusal in one line.
+
+    ``run(config, out)`` replaces training, without ``--resume``/``--overwrite``: ``python -m
+    lib.preflight`` passes its own, so the preflight builds on the trainer and not both ways.
+    """
+    args = _parser(prog, description, run).parse_args(argv)
     try:
         RunFolder(args.out).check_path()  # an empty --out, someone else's folder: before anything loads
-        whole = {
-            k: parse_value(v) if isinstance(v, str) else v
-            for k, v in {
-                "model": args.model,
-                "epochs": args.epochs,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "optimizer": args.optimizer,
-                "scheduler": args.scheduler,
-                "device": args.device,
-                "compile": args.compile,
-                "seed": args.seed,
-            }.items()
-            if v is not None
-        }
-        edits = {}
-        for item in args.set:  # key=value sets a setting whole; key.sub=value edits one entry
-            key, sep, value = item.partition("=")
-            path = [part.strip() for part in key.split(".")]
-            if not sep or not all(path):
-                raise ValueError(f"--set expects KEY=VALUE or KEY.SUB=VALUE, got {item!r}")
-            if len(path) == 1 and path[0] != "image_size":
-                whole[path[0]] = parse_value(value)
-                continue
-            target = edits
-            for part in path[:-1]:
-                target = target.setdefault(part, {})
-            target[path[-1]] = parse_value(value)
-        config = config_for(args.profile, args.dataset, args.study, whole=whole, **edits)
+        config = _settings(args)
         if run is not None:
             run(config, args.out)
         else:
@@ -953,16 +965,7 @@ def main(
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except Stopped as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"{e}; {resume_hint(e, sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # under torchrun, leave now: once one process has exited the launcher sends SIGTERM to
-            # the others, and during Python's shutdown (default handlers again) that would kill one
-            # (-15) instead of letting it exit with the stop's code like the rest
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(e.exit_code)
-        return e.exit_code
+        return _leave_stopped(e, sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
         print("interrupted: resume with the same command plus --resume", file=sys.stderr)
         return 130
